@@ -1,0 +1,1 @@
+"""flashvsr_q.infer"""
