@@ -1,0 +1,44 @@
+"""The whole FlashVSR network: DiT + LQ projection + TCDecoder + the fixed prompt tensor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from flashvsr_q.attention import AttentionBackend
+from flashvsr_q.model.configs import FlashVSRConfig
+from flashvsr_q.model.dit import DiTConditioning, WanDiT
+from flashvsr_q.model.lq_proj import LQProjection
+from flashvsr_q.model.tc_decoder import TCDecoder
+
+
+class FlashVSR(nn.Module):
+    """FlashVSR (Tiny variant: TCDecoder). Build on ``meta`` and load weights with ``assign=True`` to avoid copies.
+
+    State dict: ``dit.*`` (official DiT keys), ``lq_proj.*`` (``LQ_proj_in.ckpt`` keys), ``decoder.*``
+    (``TCDecoder.ckpt`` keys) and ``prompt`` ([1, text_len, text_dim], ``posi_prompt.pth``).
+    """
+
+    def __init__(self, config: FlashVSRConfig):
+        super().__init__()
+        self.config = config
+        self.dit = WanDiT(config)
+        self.lq_proj = LQProjection(config)
+        self.decoder = TCDecoder(config)
+        self.register_buffer("prompt", torch.zeros(1, config.text_len, config.text_dim))
+
+    def set_attention(self, backend: AttentionBackend | str, device: torch.device | str | None = None):
+        """Select the DiT self-attention backend by name (``auto`` picks and logs) or object; returns it."""
+        return self.dit.set_attention(backend, device or self.prompt.device)
+
+    def conditioning(self) -> DiTConditioning:
+        """The per-model constants (t, t_mod, prompt K/V); compute once and share between streams/tiles."""
+        return self.dit.conditioning(self.prompt)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.patch_embedding.weight.device
