@@ -126,6 +126,14 @@ class FlashVSRStream:
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> ChunkOutput:
         """Run the next chunk on its LR frames [B, 3, T, H, W] (T = 25 for chunk 0, then 8); H, W multiples of 128."""
+        return self.forward_chunk(lr)
+
+    def forward_chunk(self, lr: torch.Tensor) -> ChunkOutput:
+        """:meth:`step` without ``no_grad``: the same computation, differentiable (training).
+
+        State carried to the next chunk (KV cache, LQ caches, decoder memory) keeps its autograd history; a trainer
+        that steps on across optimiser updates must detach it.
+        """
         model, st = self.model, self.state
         first = st.chunk == 0
         expected = FIRST_CHUNK_FRAMES if first else CHUNK_FRAMES
