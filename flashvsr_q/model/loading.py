@@ -192,7 +192,7 @@ def save_official(model: FlashVSR, directory: str | os.PathLike, *, overwrite: b
         _atomic_write(paths[part], lambda tmp, s=state: torch.save(s, tmp))
     prompt = model.prompt.detach().to("cpu", FILE_DTYPES["prompt"]).contiguous()
     _atomic_write(paths["prompt"], lambda tmp: torch.save(prompt, tmp))
-    official = PRESETS.get(model.config.name)
+    official = PRESETS.get(model.config.name) if model.config.name.startswith("flashvsr-") else None
     if official is None or official.replace(num_layers=model.config.num_layers) != model.config:
         sidecar = directory / CONFIG_SIDECAR
         _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(model.config.to_dict(), indent=1)))

@@ -1,0 +1,39 @@
+"""Test helpers (importable as `helpers`: pytest puts tests/ on sys.path): models, clips, reference paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashvsr_q.model import FlashVSR, get_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FLASHVSR_Q_SHARED", REPO.parent / "shared"))
+CONFORMANCE = SHARED / "conformance"
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def random_model(name: str = "test", seed: int = 0, variant: str | None = None) -> FlashVSR:
+    """A model of preset ``name`` with deterministic random weights (modulations and norms perturbed too)."""
+    config = get_config(name)
+    if variant is not None:
+        config = config.replace(lq_variant=variant)
+    torch.manual_seed(seed)
+    model = FlashVSR(config)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if "modulation" in name_ or "norm" in name_ or "gamma" in name_:
+                p.add_(0.1 * torch.randn_like(p))
+        model.prompt.normal_(0, 0.5)
+    return model.eval()
+
+
+def random_lr(frames: int = 25, height: int = 128, width: int = 128, seed: int = 0) -> torch.Tensor:
+    """[1, 3, frames, H, W] smooth-ish LR video in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, frames, height // 8, width // 8, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(x, size=(frames, height, width), mode="trilinear").clamp(-1, 1)
