@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -122,12 +121,11 @@ def test_decoder_chunk_by_chunk_equals_whole_clip(tiny_model):
     assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5)
 
 
-def test_test_model_upscales_a_clip_end_to_end_in_seconds(tiny_model):
+def test_test_model_upscales_a_clip_end_to_end(tiny_model):
+    """A few seconds on CPU (timed in the benchmarks, not here)."""
     lr = random_lr(padded_length(30), 256, 384)
-    start = time.perf_counter()
     frames, _ = run_clip(tiny_model, lr, SeededNoise(0, 16, 32, 48))
     assert frames.shape == (1, 3, padded_length(30) - 4, 256, 384) and torch.isfinite(frames).all()
-    assert time.perf_counter() - start < 30
 
 
 def test_model_package_imports_nothing_from_the_rest():
