@@ -89,14 +89,18 @@ def _sageattn_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 @register_backend("sage", exact=False, unavailable=_sage_unavailable,
                   description="SageAttention int8 Q/K on the LCSA blocks (kernel on CUDA, emulated on CPU)")
-def sage_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None) -> torch.Tensor:
+def sage_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None
+) -> torch.Tensor:
     kernel = _sageattn_kernel if q.is_cuda else sage1_emulated
     return gathered_attention(q, k, v, block_mask, kernel=kernel)
 
 
 @register_backend("sparge", exact=False, unavailable=_sparge_unavailable,
                   description="SpargeAttn block-sparse Sage2 on the LCSA blocks (kernel on CUDA, emulated on CPU)")
-def sparge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None) -> torch.Tensor:
+def sparge_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None
+) -> torch.Tensor:
     if not q.is_cuda:
         return gathered_attention(q, k, v, block_mask, kernel=sage2_emulated)
     from spas_sage_attn import block_sparse_sage2_attn_cuda

@@ -31,7 +31,8 @@ def gathered_attention(
     b, h, q_len, d = q.shape
     n_q, n_k = block_mask.shape[-2:]
     if q_len != n_q * BLOCK or k.shape[-2] != n_k * BLOCK:
-        raise ValueError(f"sequence lengths {q_len}/{k.shape[-2]} do not match the block mask {tuple(block_mask.shape)}")
+        raise ValueError(f"sequence lengths {q_len}/{k.shape[-2]} do not match the block mask "
+                         f"{tuple(block_mask.shape)}")
     q_rows = q.reshape(b * h * n_q, BLOCK, d)
     k_blocks = k.reshape(b * h, n_k, BLOCK, d)
     v_blocks = v.reshape(b * h, n_k, BLOCK, d)
@@ -55,5 +56,7 @@ def gathered_attention(
 
 
 @register_backend("sparse", description="gathers only the selected blocks; exact, any device, memory ~ selection")
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None) -> torch.Tensor:
+def sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor | None
+) -> torch.Tensor:
     return gathered_attention(q, k, v, block_mask)

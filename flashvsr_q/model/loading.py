@@ -108,7 +108,8 @@ def expected_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 def _check_keys(expected: dict[str, tuple], got: dict[str, tuple], path: Path) -> None:
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
-    wrong = [f"{k} {list(got[k])} (expected {list(expected[k])})" for k in expected if k in got and got[k] != expected[k]]
+    wrong = [f"{k} {list(got[k])} (expected {list(expected[k])})"
+             for k in expected if k in got and got[k] != expected[k]]
     if missing or unexpected or wrong:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):

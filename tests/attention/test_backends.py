@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import requires_cuda
 
 from flashvsr_q.attention import available_backends, backend_names, get_backend
 from flashvsr_q.errors import BackendUnavailable
-
-from helpers import requires_cuda
 
 # bounds for the quantized paths, measured on these inputs (≈2-3x margin): int8 Q/K with fp16 P.V (sage),
 # int8 Q/K with fp8 e4m3 P and V (sparge)

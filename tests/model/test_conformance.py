@@ -9,14 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import CONFORMANCE
 from PIL import Image
 
 from flashvsr_q.attention import get_backend
 from flashvsr_q.attention.registry import AttentionBackend
 from flashvsr_q.infer.colorfix import adain, to_uint8
 from flashvsr_q.model import get_config, load_official, run_clip, tensor_noise
-
-from helpers import CONFORMANCE
 
 pytestmark = [
     pytest.mark.slow,

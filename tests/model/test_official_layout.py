@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
+from helpers import CONFORMANCE
 
 from flashvsr_q.model import FlashVSR, count_parameters, get_config
-
-from helpers import CONFORMANCE
 
 
 @pytest.fixture(scope="module")
