@@ -311,7 +311,8 @@ def dataset_footage(dataset: Any, column: str | None = None, name: str = "datase
         column = usable[0]
     elif column not in dataset.column_names:
         raise FlashVSRError(f"{name}: no column {column!r} ({', '.join(dataset.column_names)})")
-    return [DatasetRowFootage(dataset, i, column, f"{name}[{i}]") for i in range(len(dataset))]
+    view = dataset.select_columns([column])  # reading a row then decodes only this column
+    return [DatasetRowFootage(view, i, column, f"{name}[{i}]") for i in range(len(dataset))]
 
 
 def _looks_like_footage(value: Any) -> bool:

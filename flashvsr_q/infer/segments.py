@@ -33,7 +33,7 @@ import av
 import numpy as np
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.infer.video_io import FrameSource
+from flashvsr_q.infer.video_io import SWS_FLAGS, FrameSource
 
 CODECS = ("libx264", "libx265")
 PIXEL_FORMATS = ("yuv420p", "yuv420p10le")
@@ -146,7 +146,8 @@ class SegmentEncoder:
         if self.start + self.frames >= w.num_frames:
             raise ValueError(f"segment {self.index} would go past the last frame ({w.num_frames})")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), "rgb24" if rgb.dtype == np.uint8 else "rgb48le")
-        frame = frame.reformat(format=w.settings.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG")
+        frame = frame.reformat(format=w.settings.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG",
+                               interpolation=SWS_FLAGS)
         frame.pts = self.frames
         self._mux(self._stream.encode(frame))
         self.frames += 1
@@ -162,13 +163,17 @@ class SegmentEncoder:
         if self.frames == 0:
             self.abort()
             raise ValueError(f"segment {self.index} has no frames")
-        self._mux(self._stream.encode(None))
-        self._container.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        info = SegmentInfo(self.index, self.start, self.frames, self._reorder, self._tmp.stat().st_size)
-        _write_json(self._path.with_suffix(".json"), asdict(info))
-        os.replace(self._tmp, self._path)
+        try:
+            self._mux(self._stream.encode(None))
+            self._container.close()
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            info = SegmentInfo(self.index, self.start, self.frames, self._reorder, self._tmp.stat().st_size)
+            _write_json(self._path.with_suffix(".json"), asdict(info))
+            os.replace(self._tmp, self._path)
+        except (av.FFmpegError, OSError) as exc:  # typically a full disk
+            self.abort()
+            raise FlashVSRError(f"{self._path}: cannot write the segment ({exc})") from None
         self.info = info
         return info
 
@@ -176,7 +181,7 @@ class SegmentEncoder:
         """Drop the half-written segment."""
         try:
             self._container.close()
-        except av.FFmpegError:
+        except Exception:  # noqa: BLE001 - already failing; the temporary file is removed either way
             pass
         self._tmp.unlink(missing_ok=True)
 

@@ -30,6 +30,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts",
                     ".m2ts", ".mts", ".3gp", ".ogv", ".gif", ".y4m")
 IMAGE_FOLDER_FPS = Fraction(30)  # image sequences carry no rate; 30 is what video tools assume
+# swscale flags for every YUV <-> RGB conversion. BITEXACT takes the C path, which gives the same pixels on every
+# CPU (the SIMD paths differ between machines); bicubic full-resolution chroma with accurate rounding gains ~2.7 dB
+# over the defaults on a YUV 4:2:0 round trip (astronaut.png: 41.1 vs 38.3 dB), for ~35 ms per 4K frame.
+_SWS = av.video.reformatter.Interpolation
+SWS_FLAGS = _SWS.BICUBIC | _SWS.BITEXACT | _SWS.ACCURATE_RND | _SWS.FULL_CHR_H_INT | _SWS.FULL_CHR_H_INP
 
 SourceKind = Literal["video", "image", "image_folder"]
 
@@ -310,7 +315,7 @@ def _first_frame(source: FrameSource) -> av.VideoFrame:
 
 def _to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     """Decoded picture -> uint8 [H, W, 3] with the stream's own YUV matrix, turned upright."""
-    kwargs = {}
+    kwargs = {"interpolation": SWS_FLAGS}
     if frame.colorspace == 2:  # unspecified: players assume BT.709 for HD and BT.601 below it
         kwargs["src_colorspace"] = "itu709" if frame.height >= 720 else "itu601"
     rgb = frame.to_ndarray(format="rgb24", **kwargs)
