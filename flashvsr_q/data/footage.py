@@ -46,6 +46,8 @@ _NOT_PHOTOS = {"phantom.png", "color.png", "chessboard_RGB.png", "logo.png", "ho
 _STILL_FOLDERS = (("skimage", "data"), ("sklearn", "datasets/images"), ("matplotlib", "mpl-data/sample_data"))
 
 Size = tuple[int, int]  # (height, width)
+# Camera-motion defaults: gentle enough that consecutive frames overlap almost entirely, as in real footage.
+MAX_SPEED, MAX_ZOOM, MAX_ROTATION, _MAX_WOBBLE = 2.0, 0.08, 2.0, 1.5  # px/frame, fraction, degrees, px
 
 
 def _package_dir(module: str) -> Path | None:
@@ -123,12 +125,9 @@ def _fits(image_size: tuple[int, int], size: Size, max_zoom: float, max_rotation
     return bool(np.all(2 * worst <= np.array(image_size)))
 
 
-_MAX_WOBBLE = 1.5  # px
-
-
 def camera_motion_clip(image: str | os.PathLike | np.ndarray | Image.Image, num_frames: int, size: Size,
-                       seed: int, max_speed: float = 2.0, max_zoom: float = 0.08,
-                       max_rotation: float = 2.0) -> np.ndarray:
+                       seed: int, max_speed: float = MAX_SPEED, max_zoom: float = MAX_ZOOM,
+                       max_rotation: float = MAX_ROTATION) -> np.ndarray:
     """A synthetic camera move over a still: uint8 ``[num_frames, H, W, 3]`` for ``size = (H, W)``.
 
     The window pans along a straight line at up to ``max_speed`` px/frame plus a slow sinusoidal wobble
@@ -247,7 +246,7 @@ class StillFootage:
 
     def clip(self, rng: np.random.Generator, num_frames: int, size: Size) -> np.ndarray | None:
         still = _load_rgb(self.image)
-        if not _fits(still.size, size, 0.08, 2.0):
+        if not _fits(still.size, size, MAX_ZOOM, MAX_ROTATION):
             return None
         return camera_motion_clip(still, num_frames, size, seed=int(rng.integers(2**63)))
 

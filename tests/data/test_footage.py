@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import av
@@ -136,6 +137,7 @@ def test_sampler_is_deterministic_and_shapes_are_right(coded_video):
     assert len(clips) == 8 and all(c.shape == (6, 32, 48, 3) and c.dtype == np.uint8 for c in clips)
     assert all(np.array_equal(x, b[i]) for i, x in enumerate(clips))
     assert np.array_equal(a[5], clips[5])  # random access gives the same clip as iteration
+    assert np.array_equal(pickle.loads(pickle.dumps(a))[2], clips[2])  # DataLoader workers get a pickled copy
     other = ClipSampler(sources, num_frames=6, size=(32, 48), seed=4)
     assert any(not np.array_equal(other[i], clips[i]) for i in range(8))
 
