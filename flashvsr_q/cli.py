@@ -32,6 +32,96 @@ def command(name: str, help: str) -> Callable[[AddArgs], AddArgs]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# --- upscale -----------------------------------------------------------------------------------------------------
+
+
+@command("upscale", "upscale a video, image, image folder or folder of videos (tiled, streaming, resumable)")
+def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="video file, image, folder of images, or folder of videos (batch)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output of the same kind: video file (.mp4/.mkv/.mov), image, or folder")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder (default: $FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--scale", type=int, default=4, help="integer scale 1..8 (default 4, what FlashVSR is "
+                        "trained for)")
+    parser.add_argument("--tile", default="auto", help="auto (fit --vram), off, or SIZExOVERLAP in input pixels, "
+                        "rounded to the 128-px output grid (e.g. 256x32)")
+    parser.add_argument("--vram", default=None, help="device memory budget for --tile auto, e.g. 8GB (default: "
+                        "free CUDA memory; no limit on CPU)")
+    parser.add_argument("--attention", default="auto", help="auto, sparse, dense, sage, sparge, flex, block_sparse "
+                        "or full (auto picks the fastest available and says which)")
+    parser.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"),
+                        help="colour correction against the upsampled input (default adain, as the official code)")
+    parser.add_argument("--dtype", default=None, choices=("bf16", "fp32", "fp16"),
+                        help="compute dtype (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default cuda when available)")
+    parser.add_argument("--seed", type=int, default=0, help="latent noise seed (default 0)")
+    parser.add_argument("--codec", default="libx264", choices=("libx264", "libx265"), help="video codec")
+    parser.add_argument("--crf", type=float, default=18, help="constant rate factor (default 18)")
+    parser.add_argument("--preset", default="medium", help="x264/x265 preset (default medium)")
+    parser.add_argument("--pix-fmt", default="yuv420p", choices=("yuv420p", "yuv420p10le"),
+                        help="pixel format (yuv420p10le = 10-bit)")
+    parser.add_argument("--no-audio", action="store_true", help="do not copy audio and subtitle streams")
+    parser.add_argument("--segment-frames", type=int, default=480,
+                        help="output frames per segment and resume snapshot (default 480)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model, "
+                        "options)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or pre-flight report")
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    from flashvsr_q.infer.progress import summaries_json
+    from flashvsr_q.infer.runner import upscale
+
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    result = upscale(args.input, args.output, checkpoint=args.checkpoint, scale=args.scale, tile=args.tile,
+                     vram=args.vram, attention=args.attention, color_fix=args.color_fix, dtype=args.dtype,
+                     device=args.device, seed=args.seed, codec=args.codec, crf=args.crf, preset=args.preset,
+                     pix_fmt=args.pix_fmt, audio=not args.no_audio, resume=args.resume, overwrite=args.overwrite,
+                     segment_frames=args.segment_frames, show_progress=not (args.quiet or args.json), log=log)
+    summaries = [] if result is None else result if isinstance(result, list) else [result]
+    if args.json:
+        print(summaries_json(summaries) if summaries else "[]")
+    else:
+        for summary in summaries:
+            print(summary.describe())
+        if not summaries:
+            print(f"{args.output}: already complete, nothing to do")
+    return 0
+
+
+# --- bench -------------------------------------------------------------------------------------------------------
+
+
+@command("bench", "speed and memory of upscaler configurations (JSON + Markdown)")
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (instead of --model)")
+    parser.add_argument("--model", default="small", help="random-weight preset when no --checkpoint: "
+                        "small, test, flashvsr-v1, flashvsr-v1.1 (default small)")
+    parser.add_argument("--attention", default="auto", help="comma-separated backends (default auto)")
+    parser.add_argument("--tile", default="off", help="comma-separated --tile values (default off)")
+    parser.add_argument("--dtype", default=None, help="comma-separated: fp32, bf16 (default per device)")
+    parser.add_argument("--compile", default="off", help="comma-separated: off, on (regional torch.compile)")
+    parser.add_argument("--size", default="512x512", help="comma-separated OUTPUT sizes WxH (default 512x512)")
+    parser.add_argument("--frames", default="25", help="comma-separated frame counts (default 25)")
+    parser.add_argument("--scale", type=int, default=4, help="scale (default 4)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default cuda when available)")
+    parser.add_argument("--vram", default=None, help="budget for --tile auto, e.g. 8GB")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run configurations in this process (default: a fresh subprocess each, so peak RSS "
+                        "and device peaks are per configuration)")
+    parser.add_argument("-o", "--output", default=None, help="write results as JSON here (and .md beside it)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from flashvsr_q.infer.bench import bench_main
+
+    return bench_main(args)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,228 @@
+"""``flashvsr-q bench``: speed and memory of upscaler configurations on synthetic footage.
+
+Each configuration (model, attention backend, tiling, dtype, torch.compile, output size, frame count) runs
+``upscale_frames`` over a deterministic synthetic clip generated frame by frame (no decoding or encoding cost),
+by default in a fresh subprocess so that peak RSS and device peaks belong to that configuration alone.
+Reported: FPS, first-output latency, peak device memory allocated/reserved (CUDA), the planner's estimate, peak RSS,
+and the environment (device name, driver, torch, CUDA, CPU threads).
+
+    flashvsr-q bench --model small --size 512x512 --frames 100,400 --tile off,256x32 -o results.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashvsr_q.errors import FlashVSRError
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One configuration. ``width``/``height`` are OUTPUT pixels; the synthetic input is ``1/scale`` of that."""
+
+    model: str = "small"
+    checkpoint: str | None = None
+    attention: str = "auto"
+    tile: str = "off"
+    dtype: str | None = None
+    compile: bool = False
+    width: int = 512
+    height: int = 512
+    frames: int = 25
+    scale: int = 4
+    device: str | None = None
+    vram: str | None = None
+    seed: int = 0
+
+
+def synthetic_frames(width: int, height: int, count: int, seed: int = 0):
+    """Deterministic moving texture: uint8 [height, width, 3] frames, generated one at a time."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height + count, width + count, 3), dtype=np.uint8) // 4
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(count):
+        wave = 96 + 64 * np.sin((x + 2 * i) / 7.0)[..., None] * np.cos((y - i) / 11.0)[..., None]
+        yield (wave + base[i : i + height, i : i + width]).clip(0, 255).astype(np.uint8)
+
+
+def environment(device: torch.device) -> dict:
+    """Device name, driver, library versions and CPU threads."""
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+           "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(), "device": str(device), "device_name": None,
+           "driver": None}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    else:
+        env["device_name"] = env["cpu"]
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
+    """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded)."""
+    from flashvsr_q.model import FlashVSR, get_config
+
+    if cfg.checkpoint:
+        from flashvsr_q.checkpoints import load_checkpoint
+
+        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device).eval()
+    try:
+        config = get_config(cfg.model)
+    except ValueError as exc:
+        raise FlashVSRError(str(exc)) from None
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        model = FlashVSR(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation" in name:
+                p.normal_(0, 0.1)  # zero adaLN would make every block an identity
+        model.prompt.normal_(0, 0.5)
+    return model.to(dtype).eval()
+
+
+def run_config(cfg: BenchConfig) -> dict:
+    """Run one configuration in this process and measure it."""
+    from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
+    from flashvsr_q.infer.pipeline import upscale_frames
+    from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
+    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.width % cfg.scale or cfg.height % cfg.scale:
+        raise FlashVSRError(f"output size {cfg.width}x{cfg.height} is not a multiple of the scale {cfg.scale}")
+    t_build = time.perf_counter()
+    model = build_model(cfg, device, dtype)
+    backend = model.set_attention(cfg.attention, device)
+    if cfg.compile:
+        from flashvsr_q.infer.compile import compile_blocks
+
+        compile_blocks(model)
+    build_s = time.perf_counter() - t_build
+    plans = []
+    reset_device_peaks(device)
+    frames = synthetic_frames(cfg.width // cfg.scale, cfg.height // cfg.scale, cfg.frames, cfg.seed)
+    t0 = time.perf_counter()
+    first, count = None, 0
+    for _ in upscale_frames(model, frames, scale=cfg.scale, tile=cfg.tile,
+                            vram=parse_bytes(cfg.vram) if cfg.vram else None, num_frames=cfg.frames,
+                            on_plan=plans.append):
+        count += 1
+        if first is None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total = time.perf_counter() - t0
+    peaks = peak_device_memory(device) or {}
+    plan = plans[-1]
+    return {
+        "config": dataclasses.asdict(cfg), "backend": backend.name, "dtype": str(dtype).removeprefix("torch."),
+        "frames_out": count, "seconds": round(total, 3), "fps": round(count / total, 4),
+        "first_output_s": round(first, 3), "build_s": round(build_s, 3), "tiling": plan.plan.describe(),
+        "tiles": len(plan.plan.tiles), "state_offload": plan.offload, "estimated_peak": plan.estimate.peak,
+        "peak_allocated": peaks.get("allocated"), "peak_reserved": peaks.get("reserved"), "peak_rss": peak_rss(),
+        "environment": environment(device),
+    }
+
+
+def run_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
+    """Run ``cfg`` in a fresh Python process (its peak RSS is its own)."""
+    proc = subprocess.run([sys.executable, "-m", "flashvsr_q.infer.bench", json.dumps(dataclasses.asdict(cfg))],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FlashVSRError(f"benchmark of {cfg} failed: {reason}")
+    return json.loads(lines[-1])
+
+
+def _gib(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1024**3:.2f}"
+
+
+def to_markdown(results: list[dict]) -> str:
+    """A Markdown table of results plus the environment of the first one."""
+    head = ("| model | attention | dtype | compile | output | frames | tiling | FPS | first output (s) | "
+            "peak alloc (GiB) | peak reserved (GiB) | estimate (GiB) | peak RSS (GiB) |")
+    rows = [head, "|" + "---|" * 13]
+    for r in results:
+        c = r["config"]
+        rows.append(f"| {c['checkpoint'] or c['model']} | {r['backend']} | {r['dtype']} | "
+                    f"{'on' if c['compile'] else 'off'} | {c['width']}x{c['height']} | {r['frames_out']} | "
+                    f"{r['tiling']} | {r['fps']:.3f} | {r['first_output_s']:.2f} | {_gib(r['peak_allocated'])} | "
+                    f"{_gib(r['peak_reserved'])} | {_gib(r['estimated_peak'])} | {_gib(r['peak_rss'])} |")
+    if results:
+        e = results[0]["environment"]
+        rows.append(f"\n{e['device_name']} ({e['device']}), driver {e['driver'] or '–'}, torch {e['torch']}, CUDA "
+                    f"{e['cuda'] or '–'}, {e['cpu_threads']} CPU threads, Python {e['python']}")
+    return "\n".join(rows)
+
+
+def _split(text: str | None) -> list:
+    return [None] if text is None else [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def configs_from_args(args) -> list[BenchConfig]:
+    configs = []
+    for attention, tile, dtype, comp, size, frames in itertools.product(
+            _split(args.attention), _split(args.tile), _split(args.dtype), _split(args.compile), _split(args.size),
+            _split(args.frames)):
+        try:
+            width, height = (int(v) for v in size.lower().split("x"))
+            count = int(frames)
+        except ValueError:
+            raise FlashVSRError(f"--size takes WxH and --frames integers, got {size!r} / {frames!r}") from None
+        if comp not in ("on", "off"):
+            raise FlashVSRError(f"--compile takes on/off, got {comp!r}")
+        configs.append(BenchConfig(args.model, args.checkpoint, attention, tile, dtype, comp == "on", width, height,
+                                   count, args.scale, args.device, args.vram))
+    return configs
+
+
+def bench_main(args) -> int:
+    """The CLI: run every configuration, print Markdown (or JSON), optionally write JSON + Markdown files."""
+    results = []
+    for cfg in configs_from_args(args):
+        print(f"bench: {cfg}", file=sys.stderr, flush=True)
+        results.append(run_config(cfg) if args.in_process else run_isolated(cfg))
+    markdown = to_markdown(results)
+    if args.output:
+        out = Path(args.output)
+        out.write_text(json.dumps(results, indent=1))
+        out.with_suffix(".md").write_text(markdown + "\n")
+    print(json.dumps(results, indent=1) if args.json else markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    result = run_config(BenchConfig(**json.loads(sys.argv[1])))
+    print(json.dumps(result))
