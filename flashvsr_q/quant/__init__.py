@@ -24,7 +24,8 @@ Modules (each one concept):
 - ``recipes``: ``Recipe`` (YAML: ``keep:`` regex list, ``rules:`` regex -> scheme, metadata, ``calibration:``,
   ``smoothquant:``), ``load_recipe``, ``resolve_plan(recipe, model, device) -> QuantPlan`` (``LayerPlan`` per
   parameter-holding layer), ``RecipeError``.
-- ``ptq``: ``quantize_model``, ``quantize_official``, and the calibration hand-off types below.
+- ``ptq``: ``quantize_model``, ``quantize_official``.
+- ``stats``: the calibration hand-off types below (``LayerCalibration``, ``CalibrationStats``).
 - ``checkpoint``: ``save_compressed``, ``load_compressed``, ``read_manifest``, ``verify_checkpoint``.
 - ``report``: ``inspect_checkpoint(path) -> dict`` and ``format_inspection`` (``flashvsr-q inspect``).
 - ``export``: ``export_fp8_official`` (official file layout, ComfyUI "scaled fp8" convention) and its reader.
@@ -58,3 +59,24 @@ How ``quantize_model(model, plan, calibration)`` uses it:
 - Without statistics, a recipe that needs them fails before any weight changes, saying which recipe and what
   to run (``flashvsr-q calibrate``).
 """
+
+from flashvsr_q.quant.checkpoint import load_compressed, read_manifest, save_compressed, verify_files
+from flashvsr_q.quant.ptq import quantize_model, quantize_official
+from flashvsr_q.quant.recipes import (
+    LayerPlan,
+    QuantPlan,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    model_layers,
+    parse_recipe,
+    resolve_plan,
+)
+from flashvsr_q.quant.schemes import SCHEMES, Scheme, get_scheme, register_scheme
+from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+
+__all__ = [
+    "SCHEMES", "CalibrationStats", "LayerCalibration", "LayerPlan", "QuantPlan", "Recipe", "RecipeError", "Scheme",
+    "get_scheme", "load_compressed", "load_recipe", "model_layers", "parse_recipe", "quantize_model",
+    "quantize_official", "read_manifest", "register_scheme", "resolve_plan", "save_compressed", "verify_files",
+]

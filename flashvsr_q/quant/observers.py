@@ -89,7 +89,7 @@ class AbsHistogram:
             return self.max
         target = q / 100 * self.total
         cumulative = torch.cumsum(self.counts, 0)
-        index = int(torch.searchsorted(cumulative, torch.tensor([target], dtype=torch.float64)).clamp(max=self.bins - 1))
+        index = min(int(torch.searchsorted(cumulative, torch.tensor([target], dtype=torch.float64))), self.bins - 1)
         before = float(cumulative[index - 1]) if index > 0 else 0.0
         inside = float(self.counts[index])
         fraction = (target - before) / inside if inside > 0 else 1.0

@@ -1,0 +1,246 @@
+"""The one verb: apply a :class:`QuantPlan` to a model, layer by layer.
+
+``quantize_model`` works on a model already in memory (tests, QAT export). ``quantize_official`` builds the model
+on ``meta`` and fills it one layer at a time from the official files (the fp32 DiT safetensors is memory-mapped),
+quantizing each planned layer as soon as it is loaded: peak RAM is the quantized model plus one float layer,
+never a float copy of the whole DiT.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+
+from flashvsr_q.errors import CheckpointError
+from flashvsr_q.model import FlashVSR, infer_config
+from flashvsr_q.model.loading import OFFICIAL_FILES
+from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, model_layers, resolve_plan
+from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+
+Progress = Callable[[str, int, int], None]  # (layer fqn, index, total)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checks that run before any weight changes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def layer_calibration(plan: QuantPlan, calibration: CalibrationStats | None) -> dict[str, LayerCalibration]:
+    """The statistics each planned layer will receive; raises RecipeError if the recipe needs what is missing.
+
+    Smoothing factors are passed only when the recipe declares ``smoothquant:``; static schemes get the
+    per-layer input abs-max. Other schemes get nothing (dynamic or weight-only quantization needs no data).
+    """
+    recipe = plan.recipe
+    if calibration is None:
+        if recipe.needs_calibration:
+            raise RecipeError(f"recipe {recipe.name} needs calibration statistics: run `flashvsr-q calibrate` "
+                              f"and pass the result with --calibration (calibration=CalibrationStats)")
+        return {}
+    out, missing, bad = {}, [], []
+    for fqn, layer in plan.quantized.items():
+        scheme = layer.scheme
+        wants_smoothing = recipe.smoothquant is not None and scheme.supports_smoothing
+        if not (scheme.needs_calibration or wants_smoothing):
+            continue
+        stats = calibration.layers.get(fqn)
+        if stats is None or (wants_smoothing and stats.smoothing is None):
+            missing.append(fqn)
+            continue
+        in_features = layer.shape[1]
+        shapes_ok = stats.input_absmax.ndim == 0 or stats.input_absmax.shape == (in_features,)
+        if wants_smoothing:
+            shapes_ok = shapes_ok and stats.smoothing.shape == (in_features,) and stats.input_absmax.ndim == 1
+        if not shapes_ok:
+            bad.append(f"{fqn} (in_features {in_features})")
+            continue
+        out[fqn] = LayerCalibration(stats.input_absmax, stats.smoothing if wants_smoothing else None,
+                                    stats.num_samples)
+    what = "activation statistics" + (" with smoothing factors" if recipe.smoothquant is not None else "")
+    for label, items in (("missing", missing), ("of the wrong shape", bad)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            raise RecipeError(f"recipe {recipe.name}: {what} {label} for {len(items)} layer(s): "
+                              f"{', '.join(items[:3])}{more}")
+    return out
+
+
+def _check_plan_fits(model: nn.Module, plan: QuantPlan) -> None:
+    layers = model_layers(model)
+    absent = [fqn for fqn in plan.layers if fqn not in layers]
+    if absent or len(layers) != len(plan.layers):
+        extra = [fqn for fqn in layers if fqn not in plan.layers]
+        raise RecipeError(f"the plan does not fit this model (plan-only: {absent[:3]}, model-only: {extra[:3]}); "
+                          f"resolve the recipe against this model")
+    for fqn, layer in plan.quantized.items():
+        module = model.get_submodule(fqn)
+        if type(module) is not nn.Linear or type(module.weight.data) is not torch.Tensor:
+            raise RecipeError(f"{fqn} is already quantized ({type(module).__name__}, "
+                              f"{type(module.weight.data).__name__}); quantize a float model")
+        if layer.scheme.device_bound and module.weight.device.type != torch.device(plan.device).type:
+            raise RecipeError(f"{layer.scheme.name} packs weights for the device that runs them: quantize {fqn} "
+                              f"on {plan.device}, not {module.weight.device.type}")
+
+
+def _swap(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# in memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, plan: QuantPlan, calibration: CalibrationStats | None = None,
+                   progress: Progress | None = None) -> nn.Module:
+    """Quantize exactly the planned layers of ``model`` in place (kept layers are not touched); returns it.
+
+    Raises:
+        RecipeError: missing calibration, a plan resolved for another model, an already-quantized layer.
+    """
+    per_layer = layer_calibration(plan, calibration)
+    _check_plan_fits(model, plan)
+    total = len(plan.quantized)
+    for i, (fqn, layer) in enumerate(plan.quantized.items()):
+        new = layer.scheme.quantize(model.get_submodule(fqn), per_layer.get(fqn))
+        _swap(model, fqn, new)
+        if progress:
+            progress(fqn, i, total)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# streamed from the official files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _official_tensors(directory: Path) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """(part, {key: tensor}) for each official file; the DiT lazily (memory-mapped, read tensor by tensor)."""
+    for part, name in OFFICIAL_FILES.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: missing {name}")
+        if part == "dit":
+            yield part, _LazySafetensors(path)
+            continue
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # zip / unpickling errors come in many types
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
+        if part == "prompt":
+            if not isinstance(data, torch.Tensor):
+                raise CheckpointError(f"{path}: expected a bare tensor, got {type(data).__name__}")
+            data = {"prompt": data}
+        elif not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise CheckpointError(f"{path}: expected a plain state dict of tensors")
+        yield part, data
+
+
+class _LazySafetensors(dict):
+    """Keys of a safetensors file; values are read on access (one tensor at a time)."""
+
+    def __init__(self, path: Path):
+        try:
+            self._file = safe_open(str(path), framework="pt")
+            super().__init__((k, None) for k in self._file.keys())
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        self.path = path
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{self.path}: corrupt data for {key} ({exc})") from None
+
+
+@torch.no_grad()
+def quantize_official(
+    directory: str | os.PathLike, plan: QuantPlan | Recipe, *, dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu", calibration: CalibrationStats | None = None, variant: str = "v1.1",
+    progress: Progress | None = None,
+) -> tuple[FlashVSR, QuantPlan]:
+    """Load an official-layout folder layer by layer, quantizing each planned layer as it arrives.
+
+    Args:
+        plan: a resolved plan, or a recipe to resolve against the folder's architecture on ``device``.
+        dtype: compute dtype (bf16); every float tensor is cast to it before quantization.
+    Returns:
+        (model on ``device``, the plan that was applied).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder {directory} does not exist")
+    config = infer_config(directory, variant)
+    with torch.device("meta"):
+        model = FlashVSR(config)
+    if isinstance(plan, Recipe):
+        plan = resolve_plan(plan, model, device)
+    per_layer = layer_calibration(plan, calibration)
+    _check_plan_fits_meta(model, plan)
+
+    owners = _layer_of_key(model)
+    done, total = 0, len(plan.layers)
+    for part, tensors in _official_tensors(directory):
+        prefix = "" if part == "prompt" else f"{part}."
+        ours = (lambda k: k.startswith(prefix)) if prefix else (lambda k: k == part)  # noqa: E731
+        expected = {k[len(prefix):]: fqn for k, fqn in owners.items() if ours(k)}
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{OFFICIAL_FILES[part]} does not match the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        by_layer: dict[str, list[str]] = {}
+        for key in tensors:
+            by_layer.setdefault(expected[key], []).append(key)
+        for fqn, keys in by_layer.items():
+            _load_layer(model, {prefix + k: tensors[k] for k in keys}, dtype, device)
+            layer = plan.layers[fqn]
+            if layer.scheme is not None:
+                _swap(model, fqn, layer.scheme.quantize(model.get_submodule(fqn), per_layer.get(fqn)))
+            done += 1
+            if progress:
+                progress(fqn, done, total)
+        del tensors
+    model.dit._rope_tables = None
+    return model.eval(), plan
+
+
+def _check_plan_fits_meta(model: nn.Module, plan: QuantPlan) -> None:
+    layers = model_layers(model)
+    if list(layers) != list(plan.layers):
+        raise RecipeError("the plan was resolved for a different architecture than this checkpoint folder")
+
+
+def _layer_of_key(model: nn.Module) -> dict[str, str]:
+    """state-dict key -> layer fqn."""
+    layers = model_layers(model)
+    out = {}
+    for key in model.state_dict(keep_vars=True):
+        owner = key.rpartition(".")[0]
+        out[key] = key if key in layers else owner
+    return out
+
+
+def _load_layer(model: nn.Module, tensors: dict[str, torch.Tensor], dtype, device) -> None:
+    """Assign one layer's tensors (full state-dict keys) into the meta model, cast to dtype on device."""
+    for key, tensor in tensors.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        current = owner._parameters.get(leaf, owner._buffers.get(leaf))
+        if current is None or tuple(current.shape) != tuple(tensor.shape):
+            got = tuple(tensor.shape)
+            raise CheckpointError(f"{key}: shape {list(got)} does not match the model "
+                                  f"({list(current.shape) if current is not None else 'no such tensor'})")
+        value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        else:
+            owner._buffers[leaf] = value
