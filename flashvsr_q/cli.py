@@ -31,6 +31,27 @@ def command(name: str, help: str) -> Callable[[AddArgs], AddArgs]:
 # commands (one section each; library imports stay inside run_* so `--help` is fast)
 # ---------------------------------------------------------------------------------------------------------------
 
+# --- app ---------------------------------------------------------------------------------------------------------
+
+
+@command("app", "the Gradio GUI (upscale, quantize, evaluate) on a local web page")
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where results are written (default: a new temporary folder)")
+
+
+def run_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise FlashVSRError("the GUI needs gradio: pip install 'flashvsr-q[app]'") from None
+    from flashvsr_q.app import launch
+
+    launch(host=args.host, port=args.port, output_dir=args.output_dir)
+    return 0
+
 
 # --- upscale -----------------------------------------------------------------------------------------------------
 
@@ -120,6 +141,102 @@ def run_bench(args: argparse.Namespace) -> int:
     from flashvsr_q.infer.bench import bench_main
 
     return bench_main(args)
+
+
+# --- quantize ----------------------------------------------------------------------------------------------------
+
+
+@command("quantize", "quantize a checkpoint with a recipe into a compressed checkpoint (or export fp8 official)")
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--recipe", help="recipe YAML file, or the name of a shipped one in recipes/ "
+                      "(int8-weight-only, w8a8-int8, fp8-storage, nf4, ...)")
+    what.add_argument("--export", choices=("fp8-official",),
+                      help="instead of a compressed checkpoint, write the official file layout with fp8 e4m3 DiT "
+                      "linears and per-tensor scale_weight (ComfyUI scaled-fp8 convention)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="official-layout folder to quantize (default: $FLASHVSR_Q_CHECKPOINT or the shipped "
+                        "small model)")
+    parser.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--calibration", default=None, help="activation statistics from `flashvsr-q calibrate` "
+                        "(required by static and SmoothQuant recipes)")
+    parser.add_argument("--device", default="cpu", help="device that quantizes and will run the model: cpu or "
+                        "cuda[:N] (default cpu); the recipe's schemes are checked against it")
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp16"), help="compute dtype (bf16)")
+    parser.add_argument("--variant", default="v1.1", choices=("v1", "v1.1"), help="LQ projection of official "
+                        "weights (the files cannot tell)")
+    parser.add_argument("--dry-run", action="store_true", help="print the per-layer plan and stop")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--quiet", action="store_true", help="do not print the plan")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
+    from flashvsr_q.model import FlashVSR, infer_config
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    source = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FlashVSRError(f"{output} already exists; choose another folder or pass --overwrite")
+    if checkpoint_kind(source) != "official":
+        raise FlashVSRError(f"{source} is already a compressed checkpoint; quantize the original (official-layout) "
+                            f"weights")
+    if args.export:
+        from flashvsr_q.model import load_official
+        from flashvsr_q.quant.export import export_fp8_official
+
+        export_fp8_official(load_official(source, variant=args.variant, dtype=dtype), output,
+                            overwrite=args.overwrite)
+        print(f"wrote {output} (official layout, fp8 e4m3 DiT linears with scale_weight)")
+        return 0
+
+    from flashvsr_q.quant import CalibrationStats, load_recipe, quantize_official, resolve_plan, save_compressed
+
+    recipe = load_recipe(args.recipe)
+    calibration = CalibrationStats.load(args.calibration) if args.calibration else None
+    with torch.device("meta"):
+        skeleton = FlashVSR(infer_config(source, args.variant))
+    plan = resolve_plan(recipe, skeleton, args.device)
+    if not args.quiet or args.dry_run:
+        print(plan.format())
+    if args.dry_run:
+        return 0
+    model, plan = quantize_official(source, plan, dtype=dtype, device=args.device, calibration=calibration,
+                                    variant=args.variant)
+    save_compressed(model, output, recipe, plan, calibration.fingerprint() if calibration else None,
+                    overwrite=args.overwrite)
+    total = sum(f.stat().st_size for f in output.iterdir())
+    print(f"wrote {output}: {len(plan.quantized)} layers quantized, {total / 1e6:.1f} MB")
+    return 0
+
+
+# --- inspect -----------------------------------------------------------------------------------------------------
+
+
+@command("inspect", "what a checkpoint folder holds: schemes per layer, sizes, hashes, versions")
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="official-layout or compressed checkpoint folder")
+    parser.add_argument("--no-hash", action="store_true", help="skip SHA-256 (sizes are still checked)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from flashvsr_q.quant.report import format_inspection, inspect_checkpoint
+
+    info = inspect_checkpoint(args.checkpoint, hashes=not args.no_hash)
+    print(json.dumps(info, indent=1) if args.json else format_inspection(info))
+    bad = [f["file"] for f in info["files"] if f["status"] not in ("ok", "size ok (hash not checked)")]
+    if bad:
+        print(f"error: {', '.join(bad)} failed verification", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -101,7 +101,10 @@ def _flatten(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
-def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: list[str]) -> dict[str, torch.Tensor]:
+def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: list[str],
+               dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Rebuild a state dict from :func:`_flatten`'s output; ``dtype`` replaces the logical (compute) dtype of the
+    torchao tensors (their stored data and scales are unchanged)."""
     from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
@@ -117,6 +120,9 @@ def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: li
                                         torch.Size(info["shape"]), act_mapping_type=info["act_mapping_type"], **parts)
         else:
             torchao_names.append(key)
+            if dtype is not None and "dtype" in info.get("_data", {}):
+                info["_data"]["dtype"] = {"_type": "torch.dtype", "_data": str(dtype).removeprefix("torch.")}
+                meta = {**meta, key: json.dumps(info)}
     if torchao_names:
         sub_meta = {k: meta[k] for k in torchao_names}
         sub_meta["tensor_names"] = json.dumps(torchao_names)
@@ -298,7 +304,8 @@ def load_compressed(
     """Load a compressed checkpoint onto ``device``.
 
     Args:
-        dtype: compute dtype; must be the one the checkpoint was quantized for (None: take it from the manifest).
+        dtype: compute dtype (None: the one it was quantized for, recorded in the manifest). Another dtype casts
+            the float layers and relabels the torchao weights; their integer / fp8 data is unchanged.
         verify: check the SHA-256 of every file (sizes are always checked).
         check_versions: refuse a checkpoint written by another major.minor of torch / torchao / bitsandbytes.
     Raises:
@@ -313,10 +320,10 @@ def load_compressed(
     dtype = dtype or saved_dtype
     device = torch.device(device)
     schemes = {label: scheme_from_dict(s) for label, s in manifest["schemes"].items()}
-    if dtype != saved_dtype and schemes:
-        raise CheckpointError(f"{path} was quantized for {saved_dtype} compute; load it with dtype={saved_dtype} "
-                              f"(requested {dtype}) or quantize again with --dtype")
     for scheme in schemes.values():
+        if scheme.device_bound and dtype != saved_dtype:
+            raise CheckpointError(f"{path}: {scheme.name} kernels compute in {saved_dtype}; load it with "
+                                  f"dtype={saved_dtype} (requested {dtype})")
         if scheme.device_bound and manifest.get("quantized_on") != device.type:
             raise CheckpointError(f"{path}: {scheme.name} weights are packed for {manifest.get('quantized_on')}, "
                                   f"cannot load them on {device.type}; quantize on {device.type}")
@@ -337,7 +344,7 @@ def load_compressed(
         tensors, meta = _read_safetensors(path / name)
         try:
             names = json.loads(meta["tensor_names"])
-            restored = _unflatten(tensors, meta, names)
+            restored = _unflatten(tensors, meta, names, dtype if dtype != saved_dtype else None)
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path / name}: inconsistent tensor metadata ({exc})") from None
         prefix = "" if part == "prompt" else f"{part}."
