@@ -1,0 +1,230 @@
+"""The library calls behind the GUI's buttons, one function per button, free of gradio.
+
+Each function takes the values of the widgets (already converted by ``app_jobs``), calls the same library API
+that the matching CLI command calls, and returns what the page shows. None of them holds pipeline logic; they
+pick which library function to call and with what. Long ones take ``report`` (a progress callback) and
+``cancel`` (a ``threading.Event``) and pass them on to the library.
+
+| button                  | library                                                  | CLI                     |
+|-------------------------|----------------------------------------------------------|-------------------------|
+| Upscale / Estimate      | ``infer.upscale``, ``infer.pipeline.plan_memory``        | ``flashvsr-q upscale``  |
+| Check recipe            | ``quant.parse_recipe``, ``quant.resolve_plan``           | ``flashvsr-q inspect``  |
+| Calibrate               | ``quant.calibration.calibrate``, ``quant.sensitivity``   | ``flashvsr-q calibrate``|
+| Export                  | ``quant.quantize_model``, ``quant.save_compressed``      | ``flashvsr-q quantize`` |
+| Evaluate                | ``eval``                                                 | ``flashvsr-q eval``     |
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flashvsr_q.errors import FlashVSRError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models: loaded once per (checkpoint, recipe, dtype, device, variant), kept until another one is asked for
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the model widgets select. ``checkpoint`` None: the default; ``recipe`` None: as stored."""
+
+    checkpoint: str | None = None
+    recipe: str | None = None
+    dtype: str | None = None  # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 on CPU
+    device: str | None = None  # cpu | cuda; None: cuda when available
+    variant: str = "v1.1"  # LQ projection of an official folder
+
+
+class ModelCache:
+    """Holds one loaded model (bounded memory: a new choice drops the previous model first)."""
+
+    def __init__(self) -> None:
+        self._key: ModelChoice | None = None
+        self._model = None
+        self._lock = threading.Lock()
+
+    def get(self, choice: ModelChoice, say: Callable[[str], None] = log.info):
+        with self._lock:
+            if self._key == choice and self._model is not None:
+                return self._model
+            self._key, self._model = None, None  # free the old one before loading the next
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._model = load_model(choice, say)
+            self._key = choice
+            return self._model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._model = None, None
+
+
+MODELS = ModelCache()
+
+
+def load_model(choice: ModelChoice, say: Callable[[str], None] = log.info):
+    """``load_checkpoint``, then the recipe applied on the fly (``resolve_plan`` + ``quantize_model``)."""
+    from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
+    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+
+    device = resolve_device(choice.device)
+    dtype = resolve_dtype(choice.dtype, device)
+    say(f"loading {choice.checkpoint or default_checkpoint()} ({str(dtype).removeprefix('torch.')} on {device})")
+    model = load_checkpoint(choice.checkpoint, dtype=dtype, device=device, variant=choice.variant).eval()
+    if choice.recipe is not None:
+        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+
+        plan = resolve_plan(load_recipe(choice.recipe), model, device)
+        say(plan.format().splitlines()[0])
+        quantize_model(model, plan)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Upscale
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """The Upscale tab's settings, named as ``flashvsr_q.infer.upscale`` names them."""
+
+    attention: str = "auto"
+    tile: str = "auto"
+    vram: int | None = None
+    scale: int = 4
+    color_fix: str = "adain"
+    seed: int = 0
+    crf: float = 18
+    codec: str = "libx264"
+    audio: bool = True
+
+
+def preflight(input_path: str | os.PathLike, choice: ModelChoice, options: UpscaleOptions,
+              say: Callable[[str], None] = log.info) -> str:
+    """The plan ``upscale`` would run with and its estimated peak device memory, without running it."""
+    from flashvsr_q.infer.memory import device_budget
+    from flashvsr_q.infer.pipeline import UpscaleSettings, plan_memory
+    from flashvsr_q.infer.tiling import Geometry
+    from flashvsr_q.infer.video_io import open_source
+
+    source = open_source(input_path)
+    model = MODELS.get(choice, say)
+    backend = model.set_attention(options.attention, model.device)
+    settings = UpscaleSettings(options.scale, options.color_fix, options.seed)
+    geometry = Geometry(source.width, source.height, options.scale)
+    budget = options.vram if options.vram is not None else device_budget(model.device)
+    plan = plan_memory(model, geometry, options.tile, budget, settings)
+    return (f"{source.width}x{source.height} -> {geometry.out_width}x{geometry.out_height}, {source.num_frames} "
+            f"frame(s); model {model.config.name} {str(model.dtype).removeprefix('torch.')} on {model.device}, "
+            f"attention {backend.name}\n{plan.describe()}")
+
+
+def run_upscale(input_path: str | os.PathLike, output_path: str | os.PathLike, choice: ModelChoice,
+                options: UpscaleOptions, report=None, cancel: threading.Event | None = None,
+                say: Callable[[str], None] = log.info):
+    """``flashvsr_q.infer.upscale`` on one uploaded file; returns its Summary."""
+    from flashvsr_q.infer import upscale
+
+    model = MODELS.get(choice, say)
+    return upscale(input_path, output_path, model=model, scale=options.scale, tile=options.tile, vram=options.vram,
+                   attention=options.attention, color_fix=options.color_fix, seed=options.seed, codec=options.codec,
+                   crf=options.crf, audio=options.audio, overwrite=True, show_progress=False,
+                   progress=report, cancel=cancel, log=say)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantize
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_recipe_text(name: str) -> str:
+    """The YAML of a shipped recipe (or of a recipe file), for the editor."""
+    from flashvsr_q.quant.recipes import recipe_path
+
+    return Path(recipe_path(name)).read_text()
+
+
+def check_recipe(yaml_text: str, choice: ModelChoice, say: Callable[[str], None] = log.info) -> str:
+    """``parse_recipe`` + ``resolve_plan`` against the chosen checkpoint: the per-layer plan, nothing changed."""
+    from flashvsr_q.quant import parse_recipe, resolve_plan
+
+    recipe = parse_recipe(yaml_text, "editor")
+    model = MODELS.get(ModelChoice(choice.checkpoint, None, choice.dtype, choice.device, choice.variant), say)
+    return resolve_plan(recipe, model, model.device).format()
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The calibration settings of the Quantize tab (``flashvsr-q calibrate`` options)."""
+
+    clips: int = 4
+    frames: int = 33
+    size: int = 256
+    observer: str = "minmax"
+    alpha: float | None = None
+
+
+def checkpoint_folder_name(name: str) -> str:
+    """A folder name for an export: the typed name, refused if it is empty or a path."""
+    name = (name or "").strip()
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise FlashVSRError(f"the checkpoint name must be a plain folder name, got {name!r}")
+    return name
+
+
+def run_calibration(files: list[str], out: Path, choice: ModelChoice, options: CalibrationOptions, report=None,
+                    cancel: threading.Event | None = None, say: Callable[[str], None] = log.info):
+    """``calibrate`` over clips cut from the uploaded files; saves the statistics; returns (figure, text)."""
+    raise FlashVSRError("calibration from the GUI is not connected yet")
+
+
+def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: str | None, report=None,
+                      cancel: threading.Event | None = None, say: Callable[[str], None] = log.info) -> str:
+    """Quantize the chosen checkpoint with the edited recipe and write a compressed checkpoint to ``target``."""
+    raise FlashVSRError("export from the GUI is not connected yet")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluate
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def metric_choices() -> list[str]:
+    return ["psnr", "ssim", "lpips"]
+
+
+def default_metrics() -> list[str]:
+    return ["psnr", "ssim"]
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    metrics: list[str]
+    degradation: str = "bicubic"
+    dtype: str | None = None
+    device: str | None = None
+
+
+@dataclass
+class EvaluationResult:
+    table: object  # a pandas DataFrame or a list of rows
+    plots: list[str]
+    files: list[str]
+
+
+def run_evaluation(files: list[str], entries: list[tuple[str | None, str | None]], out: Path,
+                   options: EvaluateOptions, report=None, cancel: threading.Event | None = None,
+                   say: Callable[[str], None] = log.info) -> EvaluationResult:
+    raise FlashVSRError("evaluation from the GUI is not connected yet")
