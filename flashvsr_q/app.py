@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -272,40 +272,51 @@ def _cancel(request: gr.Request = None) -> str | dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _quantize_tab(state: AppState, refresh_checkpoints: Callable) -> dict:
-    shipped = [value for _, value in recipe_choices() if value != RECIPE_NONE]
+def _quantize_tab(state: AppState) -> dict:
+    shipped = [(label, value) for label, value in recipe_choices() if value != RECIPE_NONE]
+    first = shipped[0][1] if shipped else None
     with gr.Row():
         with gr.Column(scale=1, min_width=340):
             checkpoint, _, device, dtype, variant = _model_widgets(state, with_recipe=False, prefix="quantize")
-            recipe = gr.Dropdown(shipped, value=shipped[0] if shipped else None, label="Recipe",
-                                 info="load a shipped recipe into the editor", elem_id="quantize-recipe")
-            editor = gr.Code(calls.read_recipe_text(shipped[0]) if shipped else "", language="yaml", lines=18,
+            recipe = gr.Dropdown(shipped, value=first, label="Recipe", info="load a shipped recipe into the editor",
+                                 elem_id="quantize-recipe")
+            editor = gr.Code(calls.read_recipe_text(first) if first else "", language="yaml", lines=18,
                              label="Recipe (YAML, editable)", interactive=True, elem_id="quantize-editor")
-            check = gr.Button("Check recipe", elem_id="quantize-check")
-        with gr.Column(scale=1, min_width=340):
-            with gr.Accordion("Calibration", open=True):
-                clips = gr.File(label="Calibration clips (videos or images)", file_count="multiple",
-                                file_types=["video", "image"], elem_id="quantize-clips")
-                with gr.Row():
-                    n_clips = gr.Number(4, label="Clips", precision=0, minimum=1)
-                    frames = gr.Number(33, label="Frames per clip (8k+1, >= 33)", precision=0, minimum=33)
-                    size = gr.Number(256, label="Crop side (output px, x128)", precision=0, minimum=128)
-                with gr.Row():
-                    observer = gr.Dropdown(["minmax", "percentile", "mse"], value="minmax", label="Observer")
-                    alpha = gr.Textbox("", label="SmoothQuant alpha", info="blank: no smoothing; e.g. 0.5")
-                calibrate = gr.Button("Calibrate", elem_id="quantize-calibrate")
-                stats_file = gr.File(label="Calibration statistics", interactive=False, elem_id="quantize-stats")
-                sensitivity = gr.Plot(label="Sensitivity", elem_id="quantize-sensitivity")
+            check = gr.Button("Check recipe (per-layer plan)", elem_id="quantize-check")
             with gr.Accordion("Export", open=True):
-                name = gr.Textbox("my-int8", label="Name of the compressed checkpoint", elem_id="quantize-name")
+                name = gr.Textbox("my-checkpoint", label="Name of the compressed checkpoint", elem_id="quantize-name")
+                stats_file = gr.File(label="Calibration statistics used by the export (from Calibrate)",
+                                     interactive=False, elem_id="quantize-stats")
                 with gr.Row():
                     export = gr.Button("Export compressed checkpoint", variant="primary", elem_id="quantize-export")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="quantize-cancel")
             status = gr.Textbox(label="Status / plan", lines=12, max_lines=40, interactive=False,
                                 elem_id="quantize-status", elem_classes="fq-status")
-    stats_path = gr.State(None)
+        with gr.Column(scale=1, min_width=340):
+            with gr.Accordion("Calibration and sensitivity", open=True):
+                clips = gr.File(label="Calibration footage (videos or images)", file_count="multiple",
+                                file_types=["video", "image"], elem_id="quantize-clips")
+                with gr.Row():
+                    n_clips = gr.Number(2, label="Clips", precision=0, minimum=1)
+                    frames = gr.Number(33, label="Frames per clip (8k+1, >= 33)", precision=0, minimum=33)
+                    size = gr.Number(128, label="Crop side (output px, x128)", precision=0, minimum=128)
+                with gr.Row():
+                    observer = gr.Dropdown(["minmax", "percentile", "mse"], value="minmax", label="Observer")
+                    alpha = gr.Textbox("", label="SmoothQuant alpha", info="blank: no smoothing; e.g. 0.5")
+                with gr.Row():
+                    schemes = calls.scheme_choices(device.value)
+                    scheme = gr.Dropdown([("none (statistics only)", "none"), *[(s, s) for s in schemes]],
+                                         value="int8_weight_only" if "int8_weight_only" in schemes else "none",
+                                         label="Sensitivity of scheme", elem_id="quantize-scheme")
+                    grouping = gr.Dropdown(["block", "kind", "layer"], value="block", label="Grouping")
+                lr_input = gr.Checkbox(False, label="The footage is low-resolution (use it as the model input)")
+                calibrate = gr.Button("Calibrate", elem_id="quantize-calibrate")
+            sensitivity = gr.Image(label="Sensitivity (lower = more sensitive)", type="filepath", interactive=False,
+                                   elem_id="quantize-sensitivity")
+            table = gr.Markdown(elem_id="quantize-sensitivity-table")
 
-    recipe.change(lambda r: calls.read_recipe_text(r) if r else "", recipe, editor, queue=False)
+    recipe.change(lambda r: calls.read_recipe_text(r) if r else gr.update(), recipe, editor, queue=False)
+    model_in = [checkpoint, dtype, device, variant]
 
     def do_check(text, ckpt, dt, dev, var, request: gr.Request = None, progress=gr.Progress()):
         lines: list[str] = []
@@ -315,35 +326,36 @@ def _quantize_tab(state: AppState, refresh_checkpoints: Callable) -> dict:
                              "check")
             yield from _follow(job, progress, lines)
             yield job.result()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - one line on the page
             raise _fail(exc) from None
 
-    model_in = [checkpoint, dtype, device, variant]
     check.click(do_check, [editor, *model_in], status, concurrency_id="device", concurrency_limit=1)
 
-    def do_calibrate(files, ckpt, dt, dev, var, n, f, s, obs, a, request: gr.Request = None,
+    def do_calibrate(files, ckpt, dt, dev, var, n, f, s, obs, a, sch, grp, lr, request: gr.Request = None,
                      progress=gr.Progress()):
         if not files:
             raise gr.Error("upload at least one calibration clip")
         lines: list[str] = []
         try:
             choice = _model_choice(ckpt, RECIPE_NONE, dt, dev, var)
-            settings = calls.CalibrationOptions(int(n), int(f), int(s), obs, float(a) if str(a).strip() else None)
-            out = state.run_dir("calibration") / "stats.safetensors"
+            settings = calls.CalibrationOptions(int(n), int(f), int(s), obs, float(a) if str(a).strip() else None,
+                                                None if sch == "none" else sch, grp, bool(lr))
+            out = state.run_dir("calibration")
             job = JOBS.start(_session(request), lambda report, cancel: calls.run_calibration(
                 list(files), out, choice, settings, report, cancel, lines.append), "calibrate")
             for text in _follow(job, progress, lines):
                 yield text, gr.update(), gr.update(), gr.update()
-            figure, text = job.result()
-            yield "\n".join(lines + ["", text]), str(out), figure, str(out)
-        except Exception as exc:  # noqa: BLE001
+            stats, plot, markdown = job.result()
+        except Exception as exc:  # noqa: BLE001 - cancelled: say so; anything else: one line
             if is_cancelled(exc):
                 yield "\n".join(lines + ["", "cancelled"]), None, None, None
                 return
             raise _fail(exc) from None
+        yield "\n".join(lines + ["", "done: calibration"]), str(stats), str(plot) if plot else None, markdown
 
-    calibrate.click(do_calibrate, [clips, *model_in, n_clips, frames, size, observer, alpha],
-                    [status, stats_file, sensitivity, stats_path], concurrency_id="device", concurrency_limit=1)
+    calibrate.click(do_calibrate, [clips, *model_in, n_clips, frames, size, observer, alpha, scheme, grouping,
+                                     lr_input],
+                    [status, stats_file, sensitivity, table], concurrency_id="device", concurrency_limit=1)
 
     def do_export(text, ckpt, dt, dev, var, stats, out_name, request: gr.Request = None, progress=gr.Progress()):
         lines: list[str] = []
@@ -354,19 +366,18 @@ def _quantize_tab(state: AppState, refresh_checkpoints: Callable) -> dict:
                 text, choice, target, stats, report, cancel, lines.append), "export")
             for text_ in _follow(job, progress, lines):
                 yield (text_, *[gr.update()] * 3)
-            report_text = job.result()
+            inspection = job.result()
         except Exception as exc:  # noqa: BLE001
             if is_cancelled(exc):
                 yield ("\n".join(lines + ["", "cancelled"]), *[gr.update()] * 3)
                 return
             raise _fail(exc) from None
         state.exports.append(target)
-        choices = state.checkpoints()
-        yield ("\n".join(lines + ["", report_text]), *[gr.update(choices=choices)] * 3)
+        yield ("\n".join(lines + ["", "done: " + inspection]), *[gr.update(choices=state.checkpoints())] * 3)
 
     cancel.click(_cancel, None, status, queue=False)
     return {"checkpoint": checkpoint, "export": export, "export_fn": do_export,
-            "export_in": [editor, *model_in, stats_path, name], "status": status}
+            "export_in": [editor, *model_in, stats_file, name], "status": status}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -444,7 +455,7 @@ def build_app(output_dir: str | Path | None = None) -> tuple[gr.Blocks, AppState
             with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"):
                 up = _upscale_tab(state)
             with gr.Tab("Quantize", id="quantize", elem_id="tab-quantize"):
-                qu = _quantize_tab(state, state.checkpoints)
+                qu = _quantize_tab(state)
             with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
                 ev = _evaluate_tab(state)
         # an export adds the new checkpoint to the three checkpoint lists

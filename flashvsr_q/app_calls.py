@@ -30,6 +30,19 @@ from flashvsr_q.errors import FlashVSRError
 log = logging.getLogger(__name__)
 
 
+def cancellable(callback: Callable | None, cancel: threading.Event | None) -> Callable:
+    """A library progress callback that also stops the run (``infer.Cancelled``) once ``cancel`` is set: for the
+    library calls that take a progress callback but no cancel event."""
+    from flashvsr_q.infer.pipeline import check_cancel
+
+    def wrapped(*args, **kwargs):
+        check_cancel(cancel)
+        if callback is not None:
+            callback(*args, **kwargs)
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # models: loaded once per (checkpoint, recipe, dtype, device, variant), kept until another one is asked for
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,13 +180,56 @@ def check_recipe(yaml_text: str, choice: ModelChoice, say: Callable[[str], None]
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """The calibration settings of the Quantize tab (``flashvsr-q calibrate`` options)."""
+    """The Calibration settings of the Quantize tab (``flashvsr-q calibrate`` options)."""
 
-    clips: int = 4
+    clips: int = 2
     frames: int = 33
-    size: int = 256
+    size: int = 128
     observer: str = "minmax"
     alpha: float | None = None
+    scheme: str | None = "int8_weight_only"  # sensitivity of this scheme; None: statistics only
+    grouping: str = "block"
+    lr_input: bool = False  # the footage is already low-resolution (used as is) instead of HR (downscaled x4)
+
+
+def scheme_choices(device: str | None = None) -> list[str]:
+    """Registered quantization schemes that can run on ``device`` (for the sensitivity analysis)."""
+    from flashvsr_q.quant import SCHEMES
+
+    dev = torch.device(device or "cpu")
+    return [name for name, cls in SCHEMES.items() if cls().unavailable(dev) is None]
+
+
+def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, options: CalibrationOptions, report=None,
+                    cancel: threading.Event | None = None, say: Callable[[str], None] = log.info):
+    """``calibrate`` on clips cut from the uploaded footage (``FootageClips``), saved as ``stats.safetensors``;
+    then, with a scheme, ``analyze_sensitivity`` on the same clips and ``write_report``.
+
+    Returns (stats path, sensitivity plot path or None, sensitivity Markdown or a short summary).
+    """
+    from flashvsr_q.quant.calibration import CalibrationConfig, FootageClips, calibrate
+
+    model = MODELS.get(ModelChoice(choice.checkpoint, None, choice.dtype, choice.device, choice.variant), say)
+    clips = FootageClips(files, clips=options.clips, frames=options.frames, size=(options.size, options.size),
+                         lr_input=options.lr_input)
+    config = CalibrationConfig(observer=options.observer, alpha=options.alpha)
+    progress = cancellable(lambda name, i: report and report(i + 1, options.clips, f"calibration: {name}", "clips"),
+                           cancel)
+    stats = calibrate(model, clips, config, progress=progress)
+    stats_path = stats.save(Path(out_dir) / "stats.safetensors")
+    say(f"calibration statistics of {len(stats.layers)} layers written to {stats_path}")
+    if options.scheme is None:
+        return stats_path, None, f"statistics of {len(stats.layers)} layers (no sensitivity analysis asked for)"
+
+    from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
+
+    progress = cancellable(lambda group, i, total: report and report(i, total, f"sensitivity: {group}", "groups"),
+                           cancel)
+    result = analyze_sensitivity(model, options.scheme, list(clips), grouping=options.grouping, calibration=stats,
+                                 progress=progress)
+    paths = write_report(result, out_dir)
+    say(f"sensitivity report written to {paths['markdown']}")
+    return stats_path, paths["plot"], result.to_markdown(top=20)
 
 
 def checkpoint_folder_name(name: str) -> str:
@@ -184,16 +240,36 @@ def checkpoint_folder_name(name: str) -> str:
     return name
 
 
-def run_calibration(files: list[str], out: Path, choice: ModelChoice, options: CalibrationOptions, report=None,
-                    cancel: threading.Event | None = None, say: Callable[[str], None] = log.info):
-    """``calibrate`` over clips cut from the uploaded files; saves the statistics; returns (figure, text)."""
-    raise FlashVSRError("calibration from the GUI is not connected yet")
-
-
 def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: str | None, report=None,
                       cancel: threading.Event | None = None, say: Callable[[str], None] = log.info) -> str:
-    """Quantize the chosen checkpoint with the edited recipe and write a compressed checkpoint to ``target``."""
-    raise FlashVSRError("export from the GUI is not connected yet")
+    """What ``flashvsr-q quantize --recipe R --checkpoint C --calibration S -o T`` does, with the editor's recipe:
+    the plan on a meta skeleton, ``quantize_official`` layer by layer, ``save_compressed``; returns the
+    ``flashvsr-q inspect`` text of the new checkpoint."""
+    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
+    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+    from flashvsr_q.model import FlashVSR, infer_config
+    from flashvsr_q.quant import CalibrationStats, parse_recipe, quantize_official, resolve_plan, save_compressed
+    from flashvsr_q.quant.report import format_inspection, inspect_checkpoint
+
+    source = Path(choice.checkpoint) if choice.checkpoint else default_checkpoint()
+    if checkpoint_kind(source) != "official":
+        raise FlashVSRError(f"{source} is already a compressed checkpoint; quantize the original (official-layout) "
+                            "weights")
+    device = resolve_device(choice.device)
+    dtype = resolve_dtype(choice.dtype or "bf16", device)
+    recipe = parse_recipe(yaml_text, "editor")
+    calibration = CalibrationStats.load(stats) if stats else None
+    with torch.device("meta"):
+        skeleton = FlashVSR(infer_config(source, choice.variant))
+    plan = resolve_plan(recipe, skeleton, device)
+    say(plan.format())
+    progress = cancellable(lambda fqn, done, total: report and report(done, total, f"quantizing {fqn}", "layers"),
+                           cancel)
+    model, plan = quantize_official(source, plan, dtype=dtype, device=device, calibration=calibration,
+                                    variant=choice.variant, progress=progress)
+    save_compressed(model, target, recipe, plan, calibration.fingerprint() if calibration else None)
+    say(f"wrote {target}: {len(plan.quantized)} layers quantized")
+    return format_inspection(inspect_checkpoint(target, hashes=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------

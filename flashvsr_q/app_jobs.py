@@ -210,11 +210,19 @@ def resolve_checkpoint(value: str | None) -> str | None:
 
 
 def recipe_choices() -> list[tuple[str, str]]:
-    """(label, value): "none (as stored)" then the shipped recipes in ``recipes/``."""
-    from flashvsr_q.quant.recipes import RECIPES_DIR
+    """(label, value): "none (as stored)" then the shipped quantization recipes in ``recipes/`` (the YAML files
+    that ``load_recipe`` accepts; training recipes live there too), each labelled with its description."""
+    from flashvsr_q.quant.recipes import RECIPES_DIR, load_recipe
 
-    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-    return [("none (as stored)", RECIPE_NONE)] + [(name, name) for name in names]
+    choices = [("none (as stored)", RECIPE_NONE)]
+    for path in sorted(RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []:
+        try:
+            recipe = load_recipe(path)
+        except FlashVSRError:
+            continue
+        short = recipe.description if len(recipe.description) <= 60 else recipe.description[:57].rstrip() + "..."
+        choices.append((f"{path.stem}: {short}" if short else path.stem, path.stem))
+    return choices
 
 
 def resolve_recipe(value: str | None) -> str | None:
