@@ -239,6 +239,52 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -------------------------------------------------------------------------------------------------------
+
+
+@command("train", "train a FlashVSR model (the shipped small one) from a YAML recipe with Lightning")
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="training recipe YAML (e.g. recipes/train-small.yaml)")
+    parser.add_argument("-o", "--output", required=True, help="run folder: Lightning checkpoints, logs, model/")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/lightning/last.ckpt")
+    parser.add_argument("--max-minutes", type=float, help="stop this invocation after N minutes (resumable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from flashvsr_q.train.recipe import load_recipe
+    from flashvsr_q.train.run import train
+
+    result = train(load_recipe(args.recipe), args.output, resume=args.resume, max_minutes=args.max_minutes,
+                   progress=not args.no_progress)
+    last = result.losses[-1][1] if result.losses else float("nan")
+    print(f"trained to step {result.steps} in {result.wall_seconds / 60:.1f} min (last loss {last:.4f}); "
+          f"model: {result.model_dir}; resume from: {result.checkpoint}")
+    return 0
+
+
+@command("demo", "the embedded-default tour: upscale a sample clip in bf16 and int8, print a table, write outputs")
+def add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", default="demo-output", help="output folder (default: demo-output)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped small model)")
+    parser.add_argument("--frames", type=int, default=33, help="frames of the sample clip (default 33)")
+    parser.add_argument("--recipe", default="int8-weight-only", help="recipe applied on the fly")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from flashvsr_q.demo import format_table, run_demo
+
+    if args.frames < 1:
+        raise FlashVSRError(f"--frames must be >= 1, got {args.frames}")
+    rows = run_demo(args.output, checkpoint=args.checkpoint, frames=args.frames, recipe=args.recipe,
+                    device=args.device, overwrite=args.overwrite)
+    print(format_table(rows))
+    print(f"videos, side-by-side.png and results.json written to {args.output}/")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 

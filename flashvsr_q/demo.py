@@ -1,0 +1,192 @@
+"""``flashvsr-q demo``: the embedded-default tour, offline, in minutes on a CPU.
+
+1. Cut a short clip of held-out sample footage (never used to train the shipped model) and make its LR version
+   with MATLAB-style bicubic x1/4 (the ground truth is the original).
+2. Upscale it with the shipped model in bf16, and again with an int8 recipe applied on the fly.
+3. Print a table: PSNR/SSIM against the ground truth and PSNR against plain bicubic upscaling, speed, memory,
+   checkpoint sizes. Write the videos, the frames' metrics (JSON) and a side-by-side image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flashvsr_q.errors import FlashVSRError
+
+DEMO_FOOTAGE = "carphone_pristine"  # held out from the small model's training (docs/small-model.md)
+DEMO_RECIPE = "int8-weight-only"
+
+
+@dataclass
+class DemoRow:
+    """One line of the demo table."""
+
+    name: str
+    psnr_gt: float
+    ssim_gt: float
+    psnr_vs_bicubic: float | None
+    seconds: float | None
+    fps: float | None
+    peak_memory: int | None
+    checkpoint_bytes: int | None
+
+
+def demo_clip(frames: int = 33, footage: str = DEMO_FOOTAGE) -> np.ndarray:
+    """HR ground truth uint8 [T, H, W, 3] with H, W multiples of 4 (cropped), from a sample video."""
+    from flashvsr_q.data.footage import sample_video
+    from flashvsr_q.infer.video_io import open_source
+
+    source = open_source(sample_video(footage))
+    hr = []
+    for frame in source.frames():
+        hr.append(frame.rgb)
+        if len(hr) == frames:
+            break
+    clip = np.stack(hr)
+    h, w = clip.shape[1] // 4 * 4, clip.shape[2] // 4 * 4
+    return clip[:, :h, :w]
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int = 4) -> np.ndarray:
+    """PIL bicubic, as the model's own preprocessing, so 'vs bicubic' compares like with like."""
+    return np.stack([np.asarray(Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
+                                                           Image.BICUBIC)) for f in lr])
+
+
+def checkpoint_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    from flashvsr_q.infer.progress import peak_rss
+
+    return peak_rss()
+
+
+def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
+    from flashvsr_q.infer import upscale_frames
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    out = np.stack(list(upscale_frames(model, iter(lr), tile="off", num_frames=len(lr))))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> None:
+    """Small lossless-ish H.264 for viewing (metrics are computed on the uint8 frames, never on video)."""
+    from flashvsr_q.eval.clipio import ClipWriter
+
+    with ClipWriter(path, fps=fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+
+
+def side_by_side(frames: dict[str, np.ndarray], path: Path) -> None:
+    """One frame of every version next to each other, labelled, as a PNG."""
+    from PIL import ImageDraw
+
+    tiles = []
+    for name, frame in frames.items():
+        img = Image.fromarray(frame)
+        ImageDraw.Draw(img).text((4, 4), name, fill=(255, 255, 0))
+        tiles.append(img)
+    w = sum(t.width for t in tiles)
+    canvas = Image.new("RGB", (w, max(t.height for t in tiles)))
+    x = 0
+    for t in tiles:
+        canvas.paste(t, (x, 0))
+        x += t.width
+    canvas.save(path)
+
+
+def run_demo(out_dir: str | os.PathLike = "demo-output", *, checkpoint: str | os.PathLike | None = None,
+             frames: int = 33, recipe: str = DEMO_RECIPE, device: str | None = None,
+             overwrite: bool = False) -> list[DemoRow]:
+    """Run the tour and write its outputs into ``out_dir``; returns the table rows."""
+    from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
+    from flashvsr_q.eval.degrade import bicubic_downscale
+    from flashvsr_q.eval.metrics import compute_frame_metrics
+    from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan, save_compressed
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FlashVSRError(f"{out_dir} already exists and is not empty (pass --overwrite to replace it)")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
+
+    hr = demo_clip(frames)
+    lr = np.asarray(bicubic_downscale(hr, 4))
+    bicubic = bicubic_upscale(lr)
+
+    model = load_checkpoint(ckpt, dtype=torch.bfloat16, device=dev)
+    model.set_attention("auto", dev)
+    results = {"bf16": _run(model, lr, dev)}
+    bf16_peak = _peak_memory(dev)
+
+    plan = resolve_plan(load_recipe(recipe), model, device=dev)
+    quantize_model(model, plan)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        int8_dir = staging / f"checkpoint-{recipe}"
+        save_compressed(model, int8_dir, plan.recipe, plan)
+        results[recipe] = _run(model, lr, dev)
+        int8_peak = _peak_memory(dev)
+
+        def metrics(frames_: np.ndarray) -> tuple[float, float]:
+            m = compute_frame_metrics(frames_, hr, metrics=["psnr", "ssim"])
+            return float(np.mean(m["psnr"])), float(np.mean(m["ssim"]))
+
+        psnr_vs_bicubic = lambda x: float(np.mean(compute_frame_metrics(x, bicubic, metrics=["psnr"])["psnr"]))  # noqa: E731
+        rows = [DemoRow("bicubic", *metrics(bicubic), None, None, None, None, None)]
+        for name, (sr, seconds), peak, size in (
+            ("bf16", results["bf16"], bf16_peak, checkpoint_bytes(ckpt)),
+            (recipe, results[recipe], int8_peak, checkpoint_bytes(int8_dir)),
+        ):
+            rows.append(DemoRow(name, *metrics(sr), psnr_vs_bicubic(sr), seconds, len(sr) / seconds, peak, size))
+
+        for name, video in (("lr", lr), ("ground-truth", hr), ("bicubic", bicubic), ("bf16", results["bf16"][0]),
+                            (recipe, results[recipe][0])):
+            _write_video(staging / f"{name}.mp4", video)
+        mid = len(hr) // 2
+        nearest = np.asarray(Image.fromarray(lr[mid]).resize(hr.shape[2:0:-1], Image.NEAREST))
+        side_by_side({"LR": nearest, "bicubic": bicubic[mid], "bf16": results["bf16"][0][mid],
+                      recipe: results[recipe][0][mid], "ground truth": hr[mid]}, staging / "side-by-side.png")
+        (staging / "results.json").write_text(json.dumps(
+            {"checkpoint": str(ckpt), "footage": DEMO_FOOTAGE, "frames": len(hr), "lr_size": list(lr.shape[2:0:-1]),
+             "device": str(dev), "rows": [asdict(r) for r in rows]}, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
+def format_table(rows: list[DemoRow]) -> str:
+    """Markdown table of the rows (also what the CLI prints)."""
+    from flashvsr_q.infer.memory import format_bytes
+
+    lines = ["| output | PSNR vs GT (dB) | SSIM vs GT | PSNR vs bicubic (dB) | time (s) | fps | peak memory | "
+             "checkpoint |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r.name} | {r.psnr_gt:.2f} | {r.ssim_gt:.4f} | {fmt(r.psnr_vs_bicubic, '{:.2f}')} | "
+                     f"{fmt(r.seconds, '{:.1f}')} | {fmt(r.fps, '{:.2f}')} | "
+                     f"{'—' if r.peak_memory is None else format_bytes(r.peak_memory)} | "
+                     f"{'—' if r.checkpoint_bytes is None else format_bytes(r.checkpoint_bytes)} |")
+    return "\n".join(lines)
