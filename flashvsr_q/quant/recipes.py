@@ -1,5 +1,6 @@
 """Recipes: YAML that maps layer names to schemes, resolved against a model into a printable per-layer plan.
 
+    kind: quantization                # what kind of recipe (recipes/ also holds training recipes)
     name: int8-weight-only
     description: int8 weights on every DiT block linear, the rest in bf16
     gpu: any CUDA GPU or CPU
@@ -34,7 +35,8 @@ from flashvsr_q.quant.schemes import SCHEMES, Scheme, get_scheme
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 CALIBRATION_MODES = ("none", "optional", "required")
-REQUIRED_FIELDS = ("name", "description", "gpu", "expected_memory", "keep", "rules")
+KIND = "quantization"
+REQUIRED_FIELDS = ("kind", "name", "description", "gpu", "expected_memory", "keep", "rules")
 OPTIONAL_FIELDS = ("calibration", "smoothquant", "notes")
 
 
@@ -68,15 +70,28 @@ class Recipe:
         return self.calibration == "required"
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """name -> path of every quantization recipe in ``recipes/`` (files with ``kind: quantization``)."""
+    out = {}
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, dict) and data.get("kind") == KIND:
+            out[path.stem] = path
+    return out
+
+
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
     """A path as given, or the shipped ``recipes/<name>.yaml``."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    shipped = shipped_recipes()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    names = sorted(shipped)
     raise RecipeError(f"no recipe {name_or_path!r}: not a file, and not a shipped recipe ({', '.join(names)})")
 
 
@@ -96,6 +111,8 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping")
     fail = lambda msg: RecipeError(f"recipe {data.get('name', source)}: {msg}")  # noqa: E731
+    if data.get("kind") != KIND:
+        raise RecipeError(f"{source}: not a quantization recipe (expected kind: {KIND}, got {data.get('kind')!r})")
     missing = [k for k in REQUIRED_FIELDS if k not in data]
     unknown = sorted(set(data) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if missing or unknown:
@@ -251,11 +268,11 @@ def resolve_plan(recipe: Recipe, model: nn.Module, device: torch.device | str = 
         hits = [fqn for fqn in layers if regex.fullmatch(fqn)]
         fresh = [fqn for fqn in hits if fqn not in claimed]
         if not hits:
-            raise fail(f"{where} pattern {pattern!r} matches no layer of this model "
+            raise fail(f"{where} pattern '{pattern}' matches no layer of this model "
                        f"(layers look like {', '.join(list(layers)[:3])}, ...)")
         if not fresh:
-            raise fail(f"{where} pattern {pattern!r} only matches layers already claimed by earlier entries "
-                       f"(e.g. {hits[0]} by {claimed[hits[0]].pattern!r})")
+            raise fail(f"{where} pattern '{pattern}' only matches layers already claimed by earlier entries "
+                       f"(e.g. {hits[0]} by '{claimed[hits[0]].pattern}')")
         for fqn in fresh:
             kind, shape, numel = layers[fqn]
             if scheme is not None:
@@ -291,41 +308,32 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(out)
 
 
-def _options(part: str) -> list[str]:
-    is_set = part.startswith("{") and part.endswith("}") and "-" not in part
-    return part[1:-1].split(",") if is_set else [part]
+def _show(values: tuple[str, ...]) -> str:
+    if len(values) == 1:
+        return values[0]
+    if all(v.isdigit() for v in values):
+        return "{" + _ranges([int(v) for v in values]) + "}"
+    return "{" + ",".join(values) + "}"
 
 
 def compact_names(names: list[str]) -> list[str]:
-    """``dit.blocks.0.ffn.0 ... dit.blocks.29.ffn.2`` -> ``['dit.blocks.{0-29}.ffn.{0,2}']`` (order kept)."""
-    groups: dict[tuple, list[list[str]]] = {}
-    for name in names:  # first fold numeric components into ranges
-        parts = name.split(".")
-        key = tuple("#" if p.isdigit() else p for p in parts)
-        groups.setdefault(key, []).append(parts)
-    items: list[list[str]] = []
-    for key, members in groups.items():
-        parts = list(key)
-        for i, p in enumerate(key):
-            if p == "#":
-                values = [int(m[i]) for m in members]
-                parts[i] = str(values[0]) if len(set(values)) == 1 else "{" + _ranges(values) + "}"
-        items.append(parts)
-    merged = True
-    while merged:  # then merge names that differ in exactly one component
-        merged = False
-        for i in range(len(items)):
-            for j in range(i + 1, len(items)):
-                a, b = items[i], items[j]
-                if len(a) != len(b):
+    """``dit.blocks.0.ffn.0 ... dit.blocks.29.ffn.2`` -> ``['dit.blocks.{0-29}.ffn.{0,2}']``, exactly: each
+    result stands for the full product of its alternatives, and together they are ``names`` (order kept)."""
+    items = [tuple((p,) for p in name.split(".")) for name in names]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(max((len(t) for t in items), default=0)):
+            groups: dict[tuple, list[str]] = {}
+            for item in items:  # items equal everywhere except position i merge into one
+                if i >= len(item):
+                    groups.setdefault((item, None), [])
                     continue
-                diff = [k for k in range(len(a)) if a[k] != b[k]]
-                if len(diff) == 1:
-                    k = diff[0]
-                    items[i] = a[:k] + ["{" + ",".join(_options(a[k]) + _options(b[k])) + "}"] + a[k + 1:]
-                    del items[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return [".".join(p) for p in items]
+                values = groups.setdefault((item[:i], item[i + 1:], len(item)), [])
+                values.extend(v for v in item[i] if v not in values)
+            merged = []
+            for key, values in groups.items():
+                merged.append(key[0] if key[1] is None else key[0] + (tuple(values),) + key[1])
+            changed |= len(merged) < len(items)
+            items = merged
+    return [".".join(_show(part) for part in item) for item in items]
