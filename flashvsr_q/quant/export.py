@@ -89,8 +89,8 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
         if not done:
             raise CheckpointError(f"no DiT layer matches {layers!r}")
         for key, value in model.dit.state_dict().items():
-            owner = key.rpartition(".")[0]
-            if owner not in done and owner.rpartition(".")[0] not in done:  # (bnb keys: <layer>.weight.absmax)
+            parts = key.split(".")
+            if not any(".".join(parts[:i]) in done for i in range(1, len(parts))):  # also <layer>.weight.absmax
                 value = value.dequantize() if type(value) is not torch.Tensor else value
                 tensors[key] = value.detach().to(torch.bfloat16)
         tensors = dict(sorted(tensors.items()))
