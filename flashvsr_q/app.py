@@ -274,7 +274,8 @@ def _cancel(request: gr.Request = None) -> str | dict:
 
 def _quantize_tab(state: AppState) -> dict:
     shipped = [(label, value) for label, value in recipe_choices() if value != RECIPE_NONE]
-    first = shipped[0][1] if shipped else None
+    values = [value for _, value in shipped]
+    first = calls.DEFAULT_RECIPE if calls.DEFAULT_RECIPE in values else (values[0] if values else None)
     with gr.Row():
         with gr.Column(scale=1, min_width=340):
             checkpoint, _, device, dtype, variant = _model_widgets(state, with_recipe=False, prefix="quantize")

@@ -162,6 +162,9 @@ def run_upscale(input_path: str | os.PathLike, output_path: str | os.PathLike, c
 # ---------------------------------------------------------------------------------------------------------------
 
 
+DEFAULT_RECIPE = "int8-weight-only"  # the safe default: no calibration, near-lossless, about half the DiT memory
+
+
 def read_recipe_text(name: str) -> str:
     """The YAML of a shipped recipe (or of a recipe file), for the editor."""
     from flashvsr_q.quant.recipes import recipe_path

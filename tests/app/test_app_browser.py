@@ -33,7 +33,7 @@ def test_upscale_in_the_browser(tmp_path):
     chromium = require_browser()
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     clip = make_clip(tmp_path / "clip.mp4", frames=8, size=(32, 32))
-    with running_app(tmp_path, checkpoint) as (url, _), browser_page(chromium) as page:
+    with running_app(tmp_path, checkpoint) as (url, out), browser_page(chromium) as page:
         page.goto(url)
         page.locator("#upscale-run").wait_for(timeout=30_000)
         upload(page, "upscale-input", clip)
@@ -57,6 +57,18 @@ def test_upscale_in_the_browser(tmp_path):
         result = probe(fetch(href, tmp_path / "downloaded.mp4"))
         assert result == {"frames": 8, "width": 128, "height": 128, "audio": True}
         page.screenshot(path=str(tmp_path / "upscale.png"), full_page=True)
+
+        # Quantize: the per-layer plan of the shipped int8 recipe, then export it as a compressed checkpoint
+        page.get_by_role("tab", name="Quantize").click()
+        page.click("#quantize-check")
+        plan = wait_status(page, "quantize-status", "int8_weight_only", timeout=60)
+        assert "20 quantized" in plan
+        type_into(page, "quantize-name", "int8-test")
+        page.click("#quantize-export")
+        wait_status(page, "quantize-status", "done: ", timeout=60)
+        assert (out / "checkpoints" / "int8-test" / "manifest.json").is_file()
+        page.screenshot(path=str(tmp_path / "quantize.png"), full_page=True)
+        page.get_by_role("tab", name="Upscale").click()
 
         # a failure is one readable line, not a stack trace
         type_into(page, "upscale-checkpoint", str(tmp_path / "no-such-checkpoint"))
