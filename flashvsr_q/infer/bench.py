@@ -157,7 +157,8 @@ def run_config(cfg: BenchConfig) -> dict:
 def run_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
     """Run ``cfg`` in a fresh Python process (its peak RSS is its own)."""
     proc = subprocess.run([sys.executable, "-m", "flashvsr_q.infer.bench", json.dumps(dataclasses.asdict(cfg))],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -225,9 +225,9 @@ def choose_plan(config: FlashVSRConfig, weights: int, dtype: torch.dtype, geomet
                     return MemoryPlan(plan, offload, on_device, est, budget)
                 if best is None or est.peak < best.peak:
                     best = est
-    raise FlashVSRError(f"the smallest tiling needs about {format_bytes(best.peak)} of device memory but the budget is "
-                        f"{format_bytes(budget)}; use a smaller --scale or input, a compressed checkpoint, --dtype bf16,"
-                        f" or --device cpu")
+    raise FlashVSRError(f"the smallest tiling needs about {format_bytes(best.peak)} of device memory but the budget "
+                        f"is {format_bytes(budget)}; use a smaller --scale or input, a compressed checkpoint, "
+                        "--dtype bf16, or --device cpu")
 
 
 def fixed_plan(config: FlashVSRConfig, weights: int, dtype: torch.dtype, geometry: Geometry, plan: TilePlan,

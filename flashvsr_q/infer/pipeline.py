@@ -265,9 +265,13 @@ def plan_memory(model: FlashVSR, geometry: Geometry, tile: str, budget: int | No
 
 def smaller_plan(model: FlashVSR, geometry: Geometry, current: MemoryPlan, budget: int | None,
                  settings: UpscaleSettings) -> MemoryPlan:
-    """The OOM fallback: the best plan whose tiles hold at most ~60% of the current tiles' pixels."""
+    """The OOM fallback: the best plan whose tiles hold at most ~60% of the current tiles' pixels (or fewer pixels
+    than now, if no tiling is that small); raises FlashVSRError when the tiles cannot get smaller."""
     th, tw = current.plan.tile_size
-    fallback = plan_memory(model, geometry, "auto", budget, settings, max_tile_pixels=int(th * tw * 0.6))
+    try:
+        fallback = plan_memory(model, geometry, "auto", budget, settings, max_tile_pixels=int(th * tw * 0.6))
+    except FlashVSRError:  # nothing that small: take the largest step down there is
+        fallback = plan_memory(model, geometry, "auto", budget, settings, max_tile_pixels=th * tw - 1)
     if not fallback.offload and current.plan.tiled:  # smaller tiles alone freed nothing resident: offload too
         fallback = MemoryPlan(fallback.plan, True, False, fallback.estimate, budget)
     return fallback

@@ -23,17 +23,45 @@ import torch
 
 from flashvsr_q.attention import LCSASettings
 from flashvsr_q.errors import BackendUnavailable, FlashVSRError
-from flashvsr_q.infer.memory import MemoryPlan, device_budget, estimate, is_oom, module_bytes, parse_bytes, \
-    peak_device_memory
-from flashvsr_q.infer.pipeline import Cancelled, ChunkRunner, LRFrames, TiledStreams, UpscaleSettings, plan_memory, \
-    smaller_plan
+from flashvsr_q.infer.memory import (
+    MemoryPlan,
+    device_budget,
+    estimate,
+    is_oom,
+    module_bytes,
+    parse_bytes,
+    peak_device_memory,
+)
+from flashvsr_q.infer.pipeline import (
+    Cancelled,
+    ChunkRunner,
+    LRFrames,
+    TiledStreams,
+    UpscaleSettings,
+    plan_memory,
+    smaller_plan,
+)
 from flashvsr_q.infer.progress import ProgressBar, Summary, peak_rss, reset_device_peaks
-from flashvsr_q.infer.resume import STATE_NAME, Manifest, fingerprint, load_states, model_fingerprint, save_states, \
-    source_fingerprint
+from flashvsr_q.infer.resume import (
+    STATE_NAME,
+    Manifest,
+    fingerprint,
+    load_states,
+    model_fingerprint,
+    save_states,
+    source_fingerprint,
+)
 from flashvsr_q.infer.segments import OUTPUT_FORMATS, EncoderSettings, SegmentedWriter
 from flashvsr_q.infer.tiling import Geometry, TilePlan
-from flashvsr_q.infer.video_io import IMAGE_EXTENSIONS, FrameSource, ImageFolderWriter, list_images, list_videos, \
-    open_source, write_image
+from flashvsr_q.infer.video_io import (
+    IMAGE_EXTENSIONS,
+    FrameSource,
+    ImageFolderWriter,
+    list_images,
+    list_videos,
+    open_source,
+    write_image,
+)
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
 

@@ -128,7 +128,7 @@ class TilePlan:
 
     @property
     def tiles(self) -> list[Tile]:
-        return [Tile(t, l, h, w) for t, h in self.rows for l, w in self.cols]
+        return [Tile(top, left, h, w) for top, h in self.rows for left, w in self.cols]
 
     @property
     def tiled(self) -> bool:
