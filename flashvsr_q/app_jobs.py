@@ -210,18 +210,15 @@ def resolve_checkpoint(value: str | None) -> str | None:
 
 
 def recipe_choices() -> list[tuple[str, str]]:
-    """(label, value): "none (as stored)" then the shipped quantization recipes in ``recipes/`` (the YAML files
-    that ``load_recipe`` accepts; training recipes live there too), each labelled with its description."""
-    from flashvsr_q.quant.recipes import RECIPES_DIR, load_recipe
+    """(label, value): "none (as stored)" then the shipped quantization recipes (``quant.recipes.shipped_recipes``),
+    each labelled with the start of its description."""
+    from flashvsr_q.quant.recipes import load_recipe, shipped_recipes
 
     choices = [("none (as stored)", RECIPE_NONE)]
-    for path in sorted(RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []:
-        try:
-            recipe = load_recipe(path)
-        except FlashVSRError:
-            continue
-        short = recipe.description if len(recipe.description) <= 60 else recipe.description[:57].rstrip() + "..."
-        choices.append((f"{path.stem}: {short}" if short else path.stem, path.stem))
+    for name, path in sorted(shipped_recipes().items()):
+        description = load_recipe(path).description.strip()
+        short = description if len(description) <= 60 else description[:57].rstrip() + "..."
+        choices.append((f"{name}: {short}" if short else name, name))
     return choices
 
 
