@@ -239,6 +239,34 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- degrade -----------------------------------------------------------------------------------------------------
+
+
+@command("degrade", "make LR footage from HR: MATLAB bicubic or the RealBasicVSR random degradation (seeded)")
+def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hr", metavar="HR", help="HR video file or folder of images")
+    parser.add_argument("-o", "--output", required=True, metavar="LR",
+                        help="LR video file (lossless H.264 RGB, by extension: .mp4 .mkv .mov ...) or folder of PNGs")
+    parser.add_argument("--preset", default="bicubic", choices=("bicubic", "realbasicvsr"),
+                        help="bicubic: MATLAB imresize x1/scale (BI); realbasicvsr: two random rounds of blur, "
+                        "resize, noise, JPEG and video compression, one parameter set per clip (default bicubic)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the realbasicvsr parameters and noise (default 0)")
+    parser.add_argument("--scale", type=int, default=4,
+                        help="downscaling factor; HR sides must divide by it (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace LR if it exists")
+
+
+def run_degrade(args: argparse.Namespace) -> int:
+    from flashvsr_q.eval.degrade import degrade_video
+
+    result = degrade_video(args.hr, args.output, preset=args.preset, seed=args.seed, scale=args.scale,
+                           overwrite=args.overwrite)
+    (hr_w, hr_h), (lr_w, lr_h) = result.hr_size, result.lr_size
+    seed = f", seed {result.seed}" if result.preset == "realbasicvsr" else ""
+    print(f"{result.frames} frames {hr_w}x{hr_h} -> {lr_w}x{lr_h} ({result.preset}{seed}) written to {result.path}")
+    return 0
+
+
 # --- train -------------------------------------------------------------------------------------------------------
 
 
