@@ -21,7 +21,9 @@ Note to the PTQ author (stats.py / schemes.py): ``LayerCalibration.static_scale(
 ``input_absmax`` (min-max only). To honour the percentile / MSE observers, please read the per-tensor ranges from
 ``meta`` (or add ``act_clip`` / ``smoothed_act_clip`` fields that ``load`` fills from it): the static scale is
 ``smoothed_act_clip / 127`` when smoothing is applied, ``act_clip / 127`` otherwise (see :func:`static_scale`).
-Both fall back to the min-max value when absent, so old files keep working. Per-pattern alphas would need
+Both fall back to the min-max value when absent, so old files keep working. The one-line change in
+``ptq.layer_calibration``: build the entry from ``observer_absmax(calibration, fqn, wants_smoothing)`` instead of
+``stats.input_absmax`` (then ``static_scale()`` is right as it is). Per-pattern alphas would need
 ``smoothquant: {alpha: 0.5, overrides: {PATTERN: ALPHA}}`` in the recipe; until then the CLI takes ``--alpha``.
 """
 
@@ -418,17 +420,25 @@ def static_scales(stats: CalibrationStats, smoothed: bool | None = None) -> dict
     return {fqn: static_scale(stats, fqn, smoothed) for fqn in stats.layers}
 
 
-def with_static_ranges(stats: CalibrationStats, smoothed: bool | None = None) -> CalibrationStats:
-    """A copy whose ``input_absmax`` encodes the observer's range, for code that derives the static scale as
-    ``max(input_absmax / s) / 127`` (``LayerCalibration.static_scale``): each channel is clipped to the range.
+def observer_absmax(stats: CalibrationStats, fqn: str, smoothed: bool | None = None) -> torch.Tensor:
+    """Layer ``fqn``'s per-channel max clipped to the observer's range: ``min(max|x_j|, clip * s_j)``.
 
-    Use only to quantize (SmoothQuant factors must not be recomputed from the clipped values).
+    ``max(observer_absmax / s) / 127`` (``LayerCalibration.static_scale``) then equals :func:`static_scale`, so code
+    that only knows ``input_absmax`` quantizes with the observer's range. Not for computing SmoothQuant factors.
     """
+    entry = stats.layers[fqn]
+    use_s = entry.smoothing is not None if smoothed is None else smoothed
+    clip = static_scale(stats, fqn, use_s) * INT8_MAX
+    limit = clip * entry.smoothing.float() if use_s else clip
+    return torch.minimum(entry.input_absmax.float(), limit)
+
+
+def with_static_ranges(stats: CalibrationStats, smoothed: bool | None = None) -> CalibrationStats:
+    """A copy whose ``input_absmax`` is :func:`observer_absmax` (and smoothing kept only if ``smoothed``), for
+    quantizing with code that derives the static scale from ``input_absmax``."""
     layers = {}
     for fqn, entry in stats.layers.items():
         use_s = entry.smoothing is not None if smoothed is None else smoothed
-        clip = static_scale(stats, fqn, use_s) * INT8_MAX
-        limit = clip * entry.smoothing.float() if use_s else clip
-        layers[fqn] = LayerCalibration(torch.minimum(entry.input_absmax.float(), limit),
-                                       entry.smoothing if use_s else None, entry.num_samples)
+        layers[fqn] = LayerCalibration(observer_absmax(stats, fqn, use_s), entry.smoothing if use_s else None,
+                                       entry.num_samples)
     return CalibrationStats(layers, stats.source_hash, dict(stats.meta))

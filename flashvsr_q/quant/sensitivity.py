@@ -495,6 +495,7 @@ def recipe_yaml(report: SensitivityReport, mix: MixedPrecision, name: str | None
                             f"(use a smaller budget, or the {fb_name} model as is)")
     needs_cal = get_scheme(scheme_name, **scheme).needs_calibration
     data = {
+        "kind": "quantization",
         "name": name,
         "description": f"{scheme_name} on the DiT block linears, the {len(mix.promoted)} most sensitive "
                        f"{report.grouping}(s) in {fb_name}; generated from a sensitivity report "
