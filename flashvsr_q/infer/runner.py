@@ -52,7 +52,7 @@ from flashvsr_q.infer.resume import (
     source_fingerprint,
 )
 from flashvsr_q.infer.segments import OUTPUT_FORMATS, EncoderSettings, SegmentedWriter
-from flashvsr_q.infer.tiling import Geometry, TilePlan
+from flashvsr_q.infer.tiling import Geometry, TilePlan, parse_tile
 from flashvsr_q.infer.video_io import (
     IMAGE_EXTENSIONS,
     FrameSource,
@@ -429,6 +429,10 @@ def upscale(
         progress: called with (frames done, total); cancel: Event or callable, checked between tiles.
     """
     settings = UpscaleSettings(scale, color_fix, seed, lcsa or LCSASettings())
+    try:
+        parse_tile(tile, scale)
+    except ValueError as exc:
+        raise FlashVSRError(str(exc)) from None
     encoder = EncoderSettings(codec, crf, preset, pix_fmt)
     encoder.check()
     try:

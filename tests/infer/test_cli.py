@@ -1,0 +1,185 @@
+"""`flashvsr-q upscale` end to end: every input kind, audio and timestamps kept, and bad input refused cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from helpers import random_model
+from infer.upscale_support import IdentityStream, make_clip
+from PIL import Image
+
+from flashvsr_q.cli import main
+from flashvsr_q.infer.colorfix import to_uint8
+from flashvsr_q.infer.pipeline import preprocess
+from flashvsr_q.infer.tiling import Geometry
+from flashvsr_q.infer.video_io import open_source
+from flashvsr_q.model import save_official
+
+
+def upscale_cli(*args) -> int:
+    return main(["upscale", *map(str, args), "--device", "cpu", "--dtype", "fp32", "--quiet"])
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    monkeypatch.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", IdentityStream)
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+# -- every kind of input ---------------------------------------------------------------------------------------
+
+
+def test_video_with_audio(tmp_path, checkpoint_dir, capsys):
+    clip = make_clip(tmp_path / "in.mp4", frames=10, size=(32, 18))
+    out = tmp_path / "out.mp4"
+    assert upscale_cli(clip, "-o", out, "--checkpoint", checkpoint_dir, "--json", "--preset", "ultrafast") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["frames"] == 10 and summary["output_size"] == [128, 72] and summary["peak_rss"] > 0
+    src, dst = open_source(clip), open_source(out)
+    assert (dst.width, dst.height, dst.num_frames) == (128, 72, 10)
+    assert np.array_equal(dst.pts, src.pts) and dst.time_base == src.time_base and dst.fps == src.fps
+    assert dst.has_audio and audio_packets(out) == audio_packets(clip)  # audio copied packet for packet
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]  # no leftovers
+
+
+def test_no_audio_flag(tmp_path, checkpoint_dir, identity):
+    clip = make_clip(tmp_path / "in.mp4", frames=3, size=(16, 16))
+    out = tmp_path / "out.mkv"
+    assert upscale_cli(clip, "-o", out, "--checkpoint", checkpoint_dir, "--no-audio", "--preset", "ultrafast") == 0
+    assert not open_source(out).has_audio and open_source(out).num_frames == 3
+
+
+def test_image_to_image(tmp_path, checkpoint_dir):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    out = tmp_path / "out.png"
+    assert upscale_cli(tmp_path / "in.png", "-o", out, "--checkpoint", checkpoint_dir, "--color-fix", "wavelet") == 0
+    assert np.asarray(Image.open(out)).shape == (12, 20, 3)
+
+
+def test_image_folder_to_folder(tmp_path, checkpoint_dir, identity):
+    src = tmp_path / "frames"
+    src.mkdir()
+    frames = [np.random.default_rng(i).integers(0, 256, (6, 7, 3), dtype=np.uint8) for i in range(3)]
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(src / f"f{i + 1}.jpg" if i else src / "f10.png")  # natural order: f2, f3, f10
+    out = tmp_path / "up"
+    assert upscale_cli(src, "-o", out, "--checkpoint", checkpoint_dir, "--color-fix", "none") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["f10.png", "f2.png", "f3.png"]
+    g = Geometry(7, 6, 4)
+    for name, source in (("f10.png", "f10.png"), ("f2.png", "f2.jpg"), ("f3.png", "f3.jpg")):
+        f = np.asarray(Image.open(src / source).convert("RGB"))  # jpg is lossy: compare with what was decoded
+        expected = to_uint8(preprocess(f, g, torch.float32)[:, :24, :28]).permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(Image.open(out / name)), expected)  # identity model: frame i stays frame i
+    assert not (tmp_path / "up.parts").exists()
+
+
+def test_folder_of_videos_is_a_batch(tmp_path, checkpoint_dir, identity):
+    src = tmp_path / "videos"
+    src.mkdir()
+    make_clip(src / "a.mp4", frames=3, size=(16, 16), audio=False)
+    make_clip(src / "b.mkv", frames=5, size=(8, 8))
+    out = tmp_path / "up"
+    assert upscale_cli(src, "-o", out, "--checkpoint", checkpoint_dir, "--preset", "ultrafast") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mkv"]
+    assert open_source(out / "a.mp4").num_frames == 3 and open_source(out / "b.mkv").num_frames == 5
+    assert open_source(out / "b.mkv").has_audio
+    # --resume skips finished outputs; without it the existing outputs are refused
+    assert upscale_cli(src, "-o", out, "--checkpoint", checkpoint_dir, "--resume") == 0
+    assert upscale_cli(src, "-o", out, "--checkpoint", checkpoint_dir) == 2
+
+
+def test_overwrite(tmp_path, checkpoint_dir, identity, capsys):
+    clip = make_clip(tmp_path / "in.mp4", frames=2, size=(8, 8))
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    assert upscale_cli(clip, "-o", out, "--checkpoint", checkpoint_dir) == 2
+    assert out.read_bytes() == b"precious" and "--overwrite" in capsys.readouterr().err
+    assert upscale_cli(clip, "-o", out, "--checkpoint", checkpoint_dir, "--overwrite", "--preset", "ultrafast") == 0
+    assert open_source(out).num_frames == 2
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _ffv1_clip(path: Path, width: int, height: int) -> Path:
+    """A lossless 2-frame clip of any size (x264 needs even sizes)."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = width, height, "yuv444p"
+        for i in range(2):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _mismatched_checkpoint(tmp_path: Path, good: Path) -> Path:
+    bad = tmp_path / "bad_ckpt"
+    shutil.copytree(good, bad)
+    other = tmp_path / "other"
+    save_official(random_model("test"), other)  # a different decoder width
+    shutil.copy(other / "TCDecoder.ckpt", bad / "TCDecoder.ckpt")
+    return bad
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "no_video", "scale", "unwritable", "extension",
+                                  "checkpoint", "odd_video", "tile", "vram"])
+def test_bad_input_is_one_line_nonzero_and_leaves_nothing(case, tmp_path, checkpoint_dir, capsys):
+    clip = tmp_path / "in.mp4"
+    out = tmp_path / "out.mp4"
+    extra: list = ["--checkpoint", checkpoint_dir]
+    if case == "missing":
+        clip = tmp_path / "nope.mp4"
+    elif case == "empty":
+        clip.write_bytes(b"")
+    elif case == "corrupt":
+        clip.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif case == "no_video":
+        clip = _audio_only(tmp_path / "in.wav")
+    elif case != "odd_video":
+        make_clip(clip, frames=2, size=(8, 6))
+    if case == "scale":
+        extra += ["--scale", "9"]
+    elif case == "unwritable":
+        out = Path("/proc/flashvsr-q-test.mp4")  # /proc exists but takes no new files, even for root
+    elif case == "extension":
+        out = tmp_path / "out.avi"
+    elif case == "checkpoint":
+        extra = ["--checkpoint", _mismatched_checkpoint(tmp_path, checkpoint_dir)]
+    elif case == "odd_video":
+        clip = _ffv1_clip(tmp_path / "in.mkv", 9, 6)  # x3 gives 27 px: 4:2:0 video needs even sizes
+        extra += ["--scale", "3"]
+    elif case == "tile":
+        extra += ["--tile", "big"]
+    elif case == "vram":
+        extra += ["--vram", "lots"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert upscale_cli(clip, "-o", out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
