@@ -387,6 +387,38 @@ def _run_pass(model, clips, observers, seed, name, progress) -> tuple[list[dict]
     return records, chunks
 
 
+def parse_wxh(text: str) -> tuple[int, int]:
+    """``"384x256"`` (width x height) -> (H, W) = (256, 384)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise FlashVSRError(f"--size must look like WIDTHxHEIGHT (e.g. 256x256), got {text!r}")
+    return int(match.group(2)), int(match.group(1))
+
+
+def parse_alpha_overrides(items: Sequence[str]) -> dict[str, float]:
+    """``["dit\\.blocks\\.\\d+\\.ffn\\.2=0.8", ...]`` -> {pattern: alpha} (order kept: first match wins)."""
+    out = {}
+    for item in items:
+        pattern, sep, value = item.rpartition("=")
+        try:
+            out[pattern] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not pattern:
+            raise FlashVSRError(f"--alpha takes PATTERN=ALPHA (e.g. 'dit\\.blocks\\.\\d+\\.ffn\\.2=0.8'), got {item!r}")
+    return out
+
+
+def smoothing_from_recipe(recipe, model: nn.Module) -> tuple[str, float | None]:
+    """(regex of the layers a recipe quantizes with a scheme that takes SmoothQuant factors, its alpha or None)."""
+    from flashvsr_q.quant.recipes import resolve_plan
+
+    plan = resolve_plan(recipe, model, "cpu" if model.device.type == "cpu" else str(model.device))
+    fqns = [f for f, layer in plan.quantized.items() if layer.scheme.supports_smoothing]
+    alpha = (recipe.smoothquant or {}).get("alpha")
+    return "|".join(re.escape(f) for f in fqns) or r"(?!)", alpha
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # static int8 scales
 # ---------------------------------------------------------------------------------------------------------------
