@@ -313,6 +313,202 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- calibrate ---------------------------------------------------------------------------------------------------
+
+
+def _add_clip_arguments(parser: argparse.ArgumentParser, clips: int, frames: int, size: str) -> None:
+    parser.add_argument("--checkpoint", default=None, help="float checkpoint (official layout; default: "
+                        "$FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--footage", nargs="+", required=True, help="video files, image files, folders, stills:DIR, "
+                        "hf:DIR (a datasets.Dataset saved to disk), builtin (sample videos + stills)")
+    parser.add_argument("--clips", type=int, default=clips, help=f"clips cut from the footage (default {clips})")
+    parser.add_argument("--frames", type=int, default=frames, help=f"LR frames per clip, 8k+1 >= 33: a first chunk "
+                        f"and cache-warm chunks (default {frames})")
+    parser.add_argument("--size", default=size, help=f"output size WxH, multiples of 128 (default {size})")
+    parser.add_argument("--lr", action="store_true", help="the footage is already low-resolution: used as is "
+                        "(crops of W/4 x H/4) instead of bicubic-downscaled x4 from HR")
+    parser.add_argument("--seed", type=int, default=0, help="clip sampling and latent noise seed (default 0)")
+    parser.add_argument("--hash", default="content", choices=("content", "mtime"), help="identify footage files "
+                        "by SHA-256 of their content (default; stable across machines) or by path+size+mtime (fast)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="compute dtype (default "
+                        "bf16 on GPU, fp32 on CPU)")
+
+
+def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grouping", default="layer", choices=("layer", "block", "kind"), help="quantize one "
+                        "linear, one DiT block, or one kind (q/k/v/o/ffn across blocks) at a time (default layer)")
+    parser.add_argument("--rank-by", default="sqnr", choices=("sqnr", "psnr", "temporal", "latent"),
+                        help="metric that ranks sensitivity, lowest first (default sqnr of the decoded frames)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="scheme option (e.g. group_size=64); repeatable")
+
+
+def _calibration_model(args: argparse.Namespace):
+    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
+    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+
+    source = args.checkpoint or default_checkpoint()
+    if checkpoint_kind(source) != "official":
+        raise FlashVSRError(f"{source} is a compressed checkpoint; calibrate the float (official-layout) weights")
+    device = resolve_device(args.device)
+    return load_checkpoint(source, dtype=resolve_dtype(args.dtype, device), device=device).eval()
+
+
+def _scheme(name: str, options: list[str]):
+    import yaml
+
+    from flashvsr_q.quant.schemes import get_scheme
+
+    parsed = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FlashVSRError(f"--option takes KEY=VALUE, got {item!r}")
+        parsed[key] = yaml.safe_load(value)
+    try:
+        return get_scheme(name, **parsed)
+    except (ValueError, TypeError) as exc:
+        raise FlashVSRError(str(exc)) from None
+
+
+def _sensitivity(args, model, clips, scheme, out_dir, calibration=None, smoothing=False):
+    from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
+
+    say = lambda group, i, total: print(f"  sensitivity {i + 1}/{total}: {group}", file=sys.stderr)  # noqa: E731
+    report = analyze_sensitivity(model, scheme, clips, grouping=args.grouping, rank_by=args.rank_by,
+                                 calibration=calibration, smoothing=smoothing, seed=args.seed, progress=say)
+    paths = write_report(report, out_dir)
+    print(report.to_markdown(top=10))
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return report
+
+
+@command("calibrate", "activation statistics of every linear on your footage (observers, SmoothQuant factors); "
+         "optionally a sensitivity report")
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True, help="statistics file to write (.safetensors), for "
+                        "`flashvsr-q quantize --calibration`")
+    _add_clip_arguments(parser, clips=24, frames=41, size="256x256")
+    parser.add_argument("--observer", default="minmax", choices=("minmax", "percentile", "mse"),
+                        help="per-tensor activation range for static int8 scales (default minmax)")
+    parser.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default 99.99)")
+    parser.add_argument("--smoothquant-alpha", type=float, default=None, help="compute SmoothQuant factors with this "
+                        "alpha (0..1) for the DiT block linears (default: none, or the --recipe's alpha)")
+    parser.add_argument("--alpha", action="append", default=[], metavar="PATTERN=ALPHA", help="per-layer alpha: "
+                        "first full regex match wins (e.g. 'dit\\.blocks\\.\\d+\\.ffn\\.2=0.75'); repeatable")
+    parser.add_argument("--recipe", default=None, help="smooth exactly the layers this recipe quantizes with a "
+                        "scheme that takes SmoothQuant factors; its smoothquant alpha is the default")
+    parser.add_argument("--sensitivity", metavar="SCHEME", default=None, help="also rank layer sensitivity under "
+                        "SCHEME on the first --sensitivity-clips clips")
+    parser.add_argument("--sensitivity-clips", type=int, default=2, help="clips for the sensitivity run (default 2)")
+    parser.add_argument("--report", default=None, help="sensitivity report folder (default: OUTPUT-sensitivity/)")
+    _add_sensitivity_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing statistics file")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flashvsr_q.quant.calibration import (
+        DIT_BLOCK_LINEARS,
+        CalibrationConfig,
+        FootageClips,
+        calibrate,
+        parse_alpha_overrides,
+        parse_wxh,
+        smoothing_from_recipe,
+    )
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FlashVSRError(f"{output} already exists; choose another file or pass --overwrite")
+    if output.is_dir():
+        raise FlashVSRError(f"{output} is a folder; --output is the statistics file")
+    overrides = parse_alpha_overrides(args.alpha)
+    scheme = _scheme(args.sensitivity, args.option) if args.sensitivity else None
+    clips = FootageClips(args.footage, clips=args.clips, frames=args.frames, size=parse_wxh(args.size),
+                         lr_input=args.lr, seed=args.seed, hash_mode=args.hash)
+    model = _calibration_model(args)
+    smooth_layers, alpha = DIT_BLOCK_LINEARS, None
+    if args.recipe:
+        from flashvsr_q.quant.recipes import load_recipe
+
+        smooth_layers, alpha = smoothing_from_recipe(load_recipe(args.recipe), model)
+    alpha = args.smoothquant_alpha if args.smoothquant_alpha is not None else alpha
+    if overrides and alpha is None:
+        raise FlashVSRError("--alpha overrides need SmoothQuant: give --smoothquant-alpha (or a smoothquant recipe)")
+    config = CalibrationConfig(observer=args.observer, percentile=args.percentile, alpha=alpha,
+                               alpha_overrides=overrides, smooth_layers=smooth_layers, seed=args.seed)
+    say = lambda name, i: print(f"  {name}: clip {i + 1}/{args.clips}", file=sys.stderr)  # noqa: E731
+    stats = calibrate(model, clips, config, progress=say)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(output)
+    smoothed = len(stats.meta["smoothed_layers"])
+    print(f"wrote {output}: {len(stats.layers)} layers, {stats.meta['chunks']['first']} first + "
+          f"{stats.meta['chunks']['later']} cache-warm chunks, observer {args.observer}"
+          f"{f', SmoothQuant factors for {smoothed} layers' if smoothed else ''}; "
+          f"calibration set {stats.source_hash[:16]}")
+    if scheme is not None:
+        subset = [clip for _, clip in zip(range(max(1, args.sensitivity_clips)), clips)]
+        report = Path(args.report) if args.report else output.with_name(f"{output.stem}-sensitivity")
+        _sensitivity(args, model, subset, scheme, report, calibration=stats)
+    return 0
+
+
+# --- sensitivity -------------------------------------------------------------------------------------------------
+
+
+@command("sensitivity", "quantize one layer (or block, or kind) at a time and rank the damage to the decoded video; "
+         "optionally write a mixed-precision recipe for a size budget")
+def add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheme", required=True, help="scheme to test (int4_weight_only, nf4, w8a8_int8, ...)")
+    parser.add_argument("-o", "--output", required=True, help="report folder: sensitivity.json, .md, .png")
+    _add_clip_arguments(parser, clips=2, frames=33, size="256x256")
+    _add_sensitivity_arguments(parser)
+    parser.add_argument("--calibration", default=None, help="statistics from `flashvsr-q calibrate` (needed by "
+                        "static-activation schemes)")
+    parser.add_argument("--smoothquant", action="store_true", help="apply the statistics' SmoothQuant factors")
+    parser.add_argument("--budget", default=None, help="size budget of the checkpoint for --recipe-out (e.g. 1.2GB, "
+                        "800MiB)")
+    parser.add_argument("--fallback", default="bf16", help="precision of the most sensitive layers in the generated "
+                        "recipe: bf16 (kept) or a scheme name (default bf16)")
+    parser.add_argument("--recipe-out", default=None, help="write a recipe YAML that keeps the most sensitive groups "
+                        "in --fallback within --budget")
+    parser.add_argument("--recipe-name", default=None, help="name of the generated recipe")
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flashvsr_q.quant.calibration import FootageClips, parse_wxh
+    from flashvsr_q.quant.sensitivity import generate_recipe, parse_size
+    from flashvsr_q.quant.stats import CalibrationStats
+
+    if bool(args.recipe_out) != bool(args.budget):
+        raise FlashVSRError("--recipe-out and --budget go together")
+    budget = parse_size(args.budget) if args.budget else None
+    if args.recipe_out and Path(args.recipe_out).exists():
+        raise FlashVSRError(f"{args.recipe_out} already exists; choose another file")
+    scheme = _scheme(args.scheme, args.option)
+    fallback = args.fallback if args.fallback == "bf16" else _scheme(args.fallback, [])
+    calibration = CalibrationStats.load(args.calibration) if args.calibration else None
+    clips = list(FootageClips(args.footage, clips=args.clips, frames=args.frames, size=parse_wxh(args.size),
+                              lr_input=args.lr, seed=args.seed, hash_mode=args.hash))
+    model = _calibration_model(args)
+    report = _sensitivity(args, model, clips, scheme, Path(args.output), calibration, args.smoothquant)
+    if args.recipe_out:
+        text, mix = generate_recipe(report, model, fallback, budget, name=args.recipe_name,
+                                    device=str(model.device))
+        out = Path(args.recipe_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+        print(f"wrote {out}: {mix.summary()}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
