@@ -87,13 +87,14 @@ def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float
     return out, time.perf_counter() - start
 
 
-def _write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> None:
-    """Small lossless-ish H.264 for viewing (metrics are computed on the uint8 frames, never on video)."""
+def _write_video(path: Path, frames: np.ndarray) -> None:
+    """Lossless RGB H.264 for viewing (metrics are computed on the uint8 frames, never on a video)."""
     from flashvsr_q.eval.clipio import ClipWriter
 
-    with ClipWriter(path, fps=fps) as writer:
+    with ClipWriter(path) as writer:
         for frame in frames:
             writer.write(frame)
+        writer.close()
 
 
 def side_by_side(frames: dict[str, np.ndarray], path: Path) -> None:
