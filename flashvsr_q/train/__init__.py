@@ -1,0 +1,9 @@
+"""Training the small FlashVSR model with Lightning (``flashvsr-q train``).
+
+    recipe.py   YAML recipe -> typed settings
+    init.py     decoder initialisation as an upscaler of its LR input
+    forward.py  the training forward (one streaming chunk with gradients, decoder parallel over time)
+    system.py   the LightningModule (step, loss, optimiser)
+    run.py      Trainer, checkpoints, resume, export in the official layout
+    measure.py  held-out PSNR/SSIM against bicubic through the full inference path
+"""
