@@ -509,6 +509,30 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -------------------------------------------------------------------------------------------------------
+
+
+@command("train", "train a FlashVSR model (the shipped small one) from a YAML recipe with Lightning")
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="training recipe YAML (e.g. recipes/train-small.yaml)")
+    parser.add_argument("-o", "--output", required=True, help="run folder: Lightning checkpoints, logs, model/")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/lightning/last.ckpt")
+    parser.add_argument("--max-minutes", type=float, help="stop this invocation after N minutes (resumable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from flashvsr_q.train.recipe import load_recipe
+    from flashvsr_q.train.run import train
+
+    result = train(load_recipe(args.recipe), args.output, resume=args.resume, max_minutes=args.max_minutes,
+                   progress=not args.no_progress)
+    last = result.losses[-1][1] if result.losses else float("nan")
+    print(f"trained to step {result.steps} in {result.wall_seconds / 60:.1f} min (last loss {last:.4f}); "
+          f"model: {result.model_dir}; resume from: {result.checkpoint}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
