@@ -3,8 +3,9 @@
 Each configuration (model, attention backend, tiling, dtype, torch.compile, output size, frame count) runs
 ``upscale_frames`` over a deterministic synthetic clip generated frame by frame (no decoding or encoding cost),
 by default in a fresh subprocess so that peak RSS and device peaks belong to that configuration alone.
-Reported: FPS, first-output latency, peak device memory allocated/reserved (CUDA), the planner's estimate, peak RSS,
-and the environment (device name, driver, torch, CUDA, CPU threads).
+Reported: FPS, first-output latency, CPU seconds of the process (robust to other load on a shared machine), peak
+device memory allocated/reserved (CUDA), the planner's estimate, peak RSS, and the environment (device name,
+driver, torch, CUDA, CPU threads).
 
     flashvsr-q bench --model small --size 512x512 --frames 100,400 --tile off,256x32 -o results.json
 """
@@ -129,7 +130,7 @@ def run_config(cfg: BenchConfig) -> dict:
     plans = []
     reset_device_peaks(device)
     frames = synthetic_frames(cfg.width // cfg.scale, cfg.height // cfg.scale, cfg.frames, cfg.seed)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     first, count = None, 0
     for _ in upscale_frames(model, frames, scale=cfg.scale, tile=cfg.tile,
                             vram=parse_bytes(cfg.vram) if cfg.vram else None, num_frames=cfg.frames,
@@ -141,12 +142,12 @@ def run_config(cfg: BenchConfig) -> dict:
             first = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peaks = peak_device_memory(device) or {}
     plan = plans[-1]
     return {
         "config": dataclasses.asdict(cfg), "backend": backend.name, "dtype": str(dtype).removeprefix("torch."),
-        "frames_out": count, "seconds": round(total, 3), "fps": round(count / total, 4),
+        "frames_out": count, "seconds": round(total, 3), "fps": round(count / total, 4), "cpu_s": round(cpu, 3),
         "first_output_s": round(first, 3), "build_s": round(build_s, 3), "tiling": plan.plan.describe(),
         "tiles": len(plan.plan.tiles), "state_offload": plan.offload, "estimated_peak": plan.estimate.peak,
         "peak_allocated": peaks.get("allocated"), "peak_reserved": peaks.get("reserved"), "peak_rss": peak_rss(),
@@ -172,15 +173,16 @@ def _gib(n: int | None) -> str:
 
 def to_markdown(results: list[dict]) -> str:
     """A Markdown table of results plus the environment of the first one."""
-    head = ("| model | attention | dtype | compile | output | frames | tiling | FPS | first output (s) | "
+    head = ("| model | attention | dtype | compile | output | frames | tiling | FPS | CPU s | first output (s) | "
             "peak alloc (GiB) | peak reserved (GiB) | estimate (GiB) | peak RSS (GiB) |")
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         c = r["config"]
         rows.append(f"| {c['checkpoint'] or c['model']} | {r['backend']} | {r['dtype']} | "
                     f"{'on' if c['compile'] else 'off'} | {c['width']}x{c['height']} | {r['frames_out']} | "
-                    f"{r['tiling']} | {r['fps']:.3f} | {r['first_output_s']:.2f} | {_gib(r['peak_allocated'])} | "
-                    f"{_gib(r['peak_reserved'])} | {_gib(r['estimated_peak'])} | {_gib(r['peak_rss'])} |")
+                    f"{r['tiling']} | {r['fps']:.3f} | {r['cpu_s']:.1f} | {r['first_output_s']:.2f} | "
+                    f"{_gib(r['peak_allocated'])} | {_gib(r['peak_reserved'])} | {_gib(r['estimated_peak'])} | "
+                    f"{_gib(r['peak_rss'])} |")
     if results:
         e = results[0]["environment"]
         rows.append(f"\n{e['device_name']} ({e['device']}), driver {e['driver'] or '–'}, torch {e['torch']}, CUDA "

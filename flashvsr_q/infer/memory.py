@@ -177,6 +177,8 @@ class MemoryPlan:
         if not self.canvas_on_device:
             where.append("blending on the host")
         budget = f" (budget {format_bytes(self.budget)})" if self.budget else " (no budget)"
+        if self.budget and self.estimate.peak > self.budget:
+            budget += " -- OVER the budget: expect an out-of-memory error (then smaller tiles are tried)"
         return (f"tiling: {self.plan.describe()}{'; ' + ', '.join(where) if where else ''}\n"
                 f"estimated peak device memory: {self.estimate.describe()}{budget}")
 

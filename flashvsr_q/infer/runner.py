@@ -281,6 +281,8 @@ def _preflight(job: Job, model: FlashVSR, geometry: Geometry, mp: MemoryPlan, lo
     log(f"model {model.config.name} {str(model.dtype).removeprefix('torch.')} on {model.device}, attention "
         f"{model.dit.backend.name}")
     log(mp.describe())
+    if geometry.scale != 4:
+        log(f"note: FlashVSR is trained for x4; x{geometry.scale} only changes the bicubic target size")
 
 
 def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str = "auto", vram: int | None = None,

@@ -67,15 +67,17 @@ def test_planner_fits_the_budget_and_prefers_few_pixels():
         choose_plan(OFFICIAL, OFFICIAL_WEIGHTS, torch.bfloat16, g, 3 * GIB, **kw)  # less than the weights
 
 
+class OOMOnLargeTiles(IdentityStream):
+    """Raises CUDA's out-of-memory error (on CPU) for tiles wider than 256 px."""
+
+    def step(self, lr):
+        if lr.shape[-1] > 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().step(lr)
+
+
 def test_oom_in_the_first_chunk_retries_with_smaller_tiles(test_model, monkeypatch):
     """A fake CUDA OOM for tiles wider than 256 px: the run restarts with smaller tiles and still gives every frame."""
-
-    class OOMOnLargeTiles(IdentityStream):
-        def step(self, lr):
-            if lr.shape[-1] > 256:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return super().step(lr)
-
     monkeypatch.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", OOMOnLargeTiles)
     plans = []
     frames = random_frames(30, 8, 160)  # 640 px wide: one 640-px tile first
@@ -96,3 +98,17 @@ def test_other_errors_are_not_retried(test_model, monkeypatch):
     monkeypatch.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", Broken)
     with pytest.raises(RuntimeError, match="something else"):
         list(upscale_frames(test_model, random_frames(2, 8, 8)))
+
+
+def test_file_runs_retry_after_oom_and_say_so(tmp_path, checkpoint_dir, monkeypatch):
+    from PIL import Image
+
+    from flashvsr_q.infer.runner import upscale
+
+    monkeypatch.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", OOMOnLargeTiles)
+    Image.fromarray(random_frames(1, 8, 160)[0]).save(tmp_path / "in.png")
+    logs = []
+    summary = upscale(tmp_path / "in.png", tmp_path / "out.png", checkpoint=checkpoint_dir, device="cpu",
+                      dtype="fp32", tile="off", show_progress=False, log=logs.append)
+    assert summary.oom_retries and any("out of device memory" in line and "retrying" in line for line in logs)
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (32, 640, 3)
