@@ -272,8 +272,8 @@ class CalibrationConfig:
     Args:
         observer: ``minmax``, ``percentile`` or ``mse`` (per-tensor range of each layer input).
         percentile: for ``percentile``, of |x| (99.99 by default).
-        bins: histogram bins for ``percentile`` / ``mse``.
-        mse_steps: clipping ratios tried by ``mse`` (max * i / steps).
+        bins_per_octave: histogram resolution for ``percentile`` / ``mse`` (64: bins 1.1 % wide).
+        clips_per_octave: clips tried by ``mse`` per halving of the max (16 octaves are searched).
         alpha: SmoothQuant strength; None computes no smoothing factors.
         alpha_overrides: regex -> alpha, first full match wins (per-layer alpha).
         smooth_layers: regex of the layers that get smoothing factors (default: every DiT block linear).
@@ -283,8 +283,8 @@ class CalibrationConfig:
 
     observer: str = "minmax"
     percentile: float = 99.99
-    bins: int = 2048
-    mse_steps: int = 100
+    bins_per_octave: int = 64
+    clips_per_octave: int = 16
     alpha: float | None = None
     alpha_overrides: dict[str, float] = field(default_factory=dict)
     smooth_layers: str = DIT_BLOCK_LINEARS
@@ -292,7 +292,10 @@ class CalibrationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        make_observer(self.observer, self.percentile, self.bins, self.mse_steps)  # validates
+        try:
+            self.new_observer()
+        except ValueError as exc:
+            raise FlashVSRError(str(exc)) from None
         for a in [self.alpha, *self.alpha_overrides.values()]:
             if a is not None and not 0.0 <= float(a) <= 1.0:
                 raise FlashVSRError(f"SmoothQuant alpha must be in [0, 1], got {a}")
@@ -303,7 +306,7 @@ class CalibrationConfig:
                 raise FlashVSRError(f"invalid layer regex {pattern!r} ({exc})") from None
 
     def new_observer(self):
-        return make_observer(self.observer, self.percentile, self.bins, self.mse_steps)
+        return make_observer(self.observer, self.percentile, self.bins_per_octave, self.clips_per_octave)
 
 
 def _linears(model: nn.Module, pattern: str) -> dict[str, nn.Linear]:

@@ -9,11 +9,13 @@ long the calibration runs. Two kinds of statistics are kept per layer (:class:`L
   ``minmax``      the exact max |x| (torchao ``AffineQuantizedMinMaxObserver``, ViDiT-Q, bnb absmax);
   ``percentile``  the p-th percentile of |x| (ModelOpt's percentile collection), from a histogram;
   ``mse``         the clip that minimises the expected squared error of symmetric int8 quantization of the
-                  observed |x| distribution (torchao ``AffineQuantizedMSEObserver`` searches the same way).
+                  observed |x| distribution (torchao's ``AffineQuantizedMSEObserver`` searches shrink factors
+                  linearly; here the candidate clips are log-spaced, to reach far below the max).
 
-The histogram (:class:`AbsHistogram`) has a fixed number of bins over ``[0, R]``; when a larger value arrives,
-``R`` doubles (as often as needed) and pairs of bins merge, which is exact because the bin edges stay aligned.
-Its resolution is therefore always better than ``max|x| / (bins / 2)``.
+The histogram (:class:`AbsHistogram`) has logarithmic bins with fixed edges, ``bins_per_octave`` per power of two
+from 2^-40 to 2^40 (64 per octave: every bin is 1.1 % wide relative to its values), plus a bin for exact zeros. It
+never needs rebinning, keeps 5121 counts per layer, and resolves small values as well as large ones, which the MSE
+search needs when heavy tails push the best clip orders of magnitude below the max.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import ClassVar
 import torch
 
 INT8_MAX = 127  # symmetric int8 grid: scale = clip / 127 (torchao's static int8 clamps to [-128, 127])
+MIN_EXP, MAX_EXP = -40, 40  # histogram span: 2^-40 (about 1e-12; smaller counts as zero) to 2^40
 
 # ---------------------------------------------------------------------------------------------------------------
 # the histogram
@@ -31,18 +34,19 @@ INT8_MAX = 127  # symmetric int8 grid: scale = clip / 127 (torchao's static int8
 
 
 class AbsHistogram:
-    """Histogram of |x| over ``[0, R]`` with ``bins`` equal bins; ``R`` grows by powers of two (exact merges).
+    """Histogram of |x| with log-spaced bins: bin i covers ``[2^(MIN_EXP + i/k), 2^(MIN_EXP + (i+1)/k))``.
 
     Args:
-        bins: number of bins, a power of two (2048 by default: 8 KiB of counts per layer).
+        bins_per_octave: ``k``; 64 by default (bins 1.1 % wide).
     """
 
-    def __init__(self, bins: int = 2048):
-        if bins < 2 or bins & (bins - 1):
-            raise ValueError(f"bins must be a power of two >= 2, got {bins}")
-        self.bins = bins
-        self.counts = torch.zeros(bins, dtype=torch.float64)
-        self.range = 0.0  # R; 0 until the first non-zero value
+    def __init__(self, bins_per_octave: int = 64):
+        if bins_per_octave < 1:
+            raise ValueError(f"bins_per_octave must be >= 1, got {bins_per_octave}")
+        self.bins_per_octave = bins_per_octave
+        self.bins = (MAX_EXP - MIN_EXP) * bins_per_octave
+        self.counts = torch.zeros(self.bins, dtype=torch.float64)
+        self.zeros = 0  # values below 2^MIN_EXP
         self.max = 0.0  # exact max |x| seen
         self.total = 0  # values seen (zeros included)
 
@@ -55,29 +59,19 @@ class AbsHistogram:
             raise ValueError("non-finite activation values reached an observer")
         self.total += a.numel()
         self.max = max(self.max, peak)
-        if peak == 0.0:
-            self.counts[0] += a.numel()
-            return
-        if self.range == 0.0:
-            self.range = 2.0 ** math.ceil(math.log2(peak))
-        elif peak > self.range:
-            self._grow(math.ceil(math.log2(peak / self.range)))
-        # histc puts values == range into the last bin and ignores nothing here (all values are in [0, R])
-        self.counts += torch.histc(a, bins=self.bins, min=0.0, max=self.range).to(torch.float64).cpu()
+        tiny = a < 2.0 ** MIN_EXP
+        self.zeros += int(tiny.sum())
+        index = ((torch.log2(a[~tiny]) - MIN_EXP) * self.bins_per_octave).floor().long().clamp_(0, self.bins - 1)
+        self.counts += torch.bincount(index, minlength=self.bins).to(torch.float64).cpu()
 
-    def _grow(self, doublings: int) -> None:
-        """R *= 2**doublings; groups of 2**doublings adjacent bins merge into one (edges stay aligned)."""
-        group = 2 ** doublings
-        if group >= self.bins:
-            merged = self.counts.sum().reshape(1)
-        else:
-            merged = self.counts.view(-1, group).sum(dim=1)
-        self.counts = torch.cat([merged, torch.zeros(self.bins - merged.numel(), dtype=torch.float64)])
-        self.range *= group
-
-    @property
-    def bin_width(self) -> float:
-        return self.range / self.bins
+    def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower, upper) edges of every bin [bins] (float64); the bin holding the max ends at the max."""
+        i = torch.arange(self.bins + 1, dtype=torch.float64)
+        e = torch.pow(2.0, MIN_EXP + i / self.bins_per_octave)
+        lo, hi = e[:-1], e[1:].clone()
+        if self.max > 0:
+            hi = torch.minimum(hi, torch.tensor(max(self.max, float(lo[0])), dtype=torch.float64))
+        return lo, torch.maximum(hi, lo)
 
     def percentile(self, q: float) -> float:
         """The ``q``-th percentile (0 < q <= 100) of |x|, linear within the bin; exact max for q = 100."""
@@ -85,27 +79,31 @@ class AbsHistogram:
             raise ValueError(f"percentile must be in (0, 100], got {q}")
         if self.total == 0:
             raise ValueError("the observer has seen no values")
-        if q == 100 or self.range == 0.0:
-            return self.max
         target = q / 100 * self.total
-        cumulative = torch.cumsum(self.counts, 0)
+        if q == 100 or self.max == 0.0:
+            return self.max
+        if target <= self.zeros:
+            return 0.0
+        cumulative = torch.cumsum(self.counts, 0) + self.zeros
         index = min(int(torch.searchsorted(cumulative, torch.tensor([target], dtype=torch.float64))), self.bins - 1)
-        before = float(cumulative[index - 1]) if index > 0 else 0.0
+        before = float(cumulative[index - 1]) if index > 0 else float(self.zeros)
         inside = float(self.counts[index])
         fraction = (target - before) / inside if inside > 0 else 1.0
-        return min((index + fraction) * self.bin_width, self.max)
+        lo, hi = self.edges()
+        return min(float(lo[index] + fraction * (hi[index] - lo[index])), self.max)
 
     def quantization_mse(self, clips: torch.Tensor, levels: int = INT8_MAX) -> torch.Tensor:
         """Expected squared error per value of symmetric quantization with ``levels`` steps up to each clip.
 
         Values are taken as uniform within each bin (the histogram's own model of the data), and the error is
         integrated exactly: rounding error below the clip (a sawtooth, integrated in closed form), clipping error
-        ``(x - clip)^2`` above it. Args: clips [K]. Returns: [K] (float64).
+        ``(x - clip)^2`` above it; values counted as zero quantize exactly. Args: clips [K]. Returns: [K] float64.
         """
         occupied = torch.nonzero(self.counts).flatten()
-        lo = (occupied.to(torch.float64) * self.bin_width)[None]  # [1, B] bin edges
-        hi = lo + self.bin_width
+        lo_all, hi_all = self.edges()
+        lo, hi = lo_all[occupied][None], hi_all[occupied][None]  # [1, B]
         counts = self.counts[occupied][None]
+        width = (hi - lo).clamp_min(1e-300)
         clips = clips.to(torch.float64)[:, None]  # [K, 1]
         step = clips / levels
         top = torch.minimum(hi, clips)  # rounding part: [lo, min(hi, clip)]
@@ -113,18 +111,22 @@ class AbsHistogram:
         rounding = torch.where(top > lo, rounding, torch.zeros_like(rounding))
         start = torch.maximum(lo, clips)  # clipping part: [max(lo, clip), hi]
         clipping = torch.where(hi > start, ((hi - clips) ** 3 - (start - clips) ** 3) / 3, torch.zeros_like(hi))
-        per_bin = (rounding + clipping) / self.bin_width  # mean squared error of a value in the bin
+        # a bin narrower than float64 can resolve holds one value: error of that value
+        point = torch.where(hi > clips, (lo - clips) ** 2, (lo - torch.round(lo / step) * step) ** 2)
+        per_bin = torch.where(hi - lo > 1e-12 * hi, (rounding + clipping) / width, point)
         return (per_bin * counts).sum(dim=1) / max(self.total, 1)
 
-    def mse_clip(self, steps: int = 100, levels: int = INT8_MAX) -> float:
-        """The clip in ``{max * i / steps, i = 1..steps}`` with the least expected int8 error (ties: larger clip)."""
+    def mse_clip(self, per_octave: int = 16, octaves: int = 16, levels: int = INT8_MAX) -> float:
+        """The clip in ``{max * 2^(-i / per_octave), i = 0 .. per_octave * octaves}`` with the least expected error
+        (ties: the larger clip). The default tries 257 clips from the max down to max / 65536, 4.4 % apart."""
         if self.total == 0:
             raise ValueError("the observer has seen no values")
         if self.max == 0.0:
             return 0.0
-        clips = self.max * torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        i = torch.arange(per_octave * octaves + 1, dtype=torch.float64)
+        clips = self.max * torch.pow(2.0, -i / per_octave)
         errors = self.quantization_mse(clips, levels)
-        best = int(torch.nonzero(errors <= errors.min() * (1 + 1e-9)).max())
+        best = int(torch.nonzero(errors <= errors.min() * (1 + 1e-9)).min())  # clips descend: min index = largest
         return float(clips[best])
 
 
@@ -181,10 +183,10 @@ class PercentileObserver(RangeObserver):
 
     name = "percentile"
 
-    def __init__(self, percentile: float = 99.99, bins: int = 2048):
+    def __init__(self, percentile: float = 99.99, bins_per_octave: int = 64):
         if not 0 < percentile <= 100:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-        self.percentile, self.histogram = percentile, AbsHistogram(bins)
+        self.percentile, self.histogram = percentile, AbsHistogram(bins_per_octave)
 
     def update(self, x: torch.Tensor) -> None:
         self.histogram.update(x)
@@ -193,40 +195,43 @@ class PercentileObserver(RangeObserver):
         return self.histogram.percentile(self.percentile)
 
     def settings(self) -> dict:
-        return {"observer": self.name, "percentile": self.percentile, "bins": self.histogram.bins}
+        return {"observer": self.name, "percentile": self.percentile,
+                "bins_per_octave": self.histogram.bins_per_octave}
 
 
 class MSEObserver(RangeObserver):
-    """The clip (a fraction ``i / steps`` of max |x|) minimising the expected int8 quantization error."""
+    """The clip (``max * 2^(-i / per_octave)``) minimising the expected int8 quantization error of |x|."""
 
     name = "mse"
 
-    def __init__(self, steps: int = 100, bins: int = 2048):
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps, self.histogram = steps, AbsHistogram(bins)
+    def __init__(self, per_octave: int = 16, bins_per_octave: int = 64):
+        if per_octave < 1:
+            raise ValueError(f"per_octave must be >= 1, got {per_octave}")
+        self.per_octave, self.histogram = per_octave, AbsHistogram(bins_per_octave)
 
     def update(self, x: torch.Tensor) -> None:
         self.histogram.update(x)
 
     def clip(self) -> float:
-        return self.histogram.mse_clip(self.steps)
+        return self.histogram.mse_clip(self.per_octave)
 
     def settings(self) -> dict:
-        return {"observer": self.name, "steps": self.steps, "bins": self.histogram.bins}
+        return {"observer": self.name, "clips_per_octave": self.per_octave,
+                "bins_per_octave": self.histogram.bins_per_octave}
 
 
 OBSERVERS: dict[str, type[RangeObserver]] = {c.name: c for c in (MinMaxObserver, PercentileObserver, MSEObserver)}
 
 
-def make_observer(name: str, percentile: float = 99.99, bins: int = 2048, steps: int = 100) -> RangeObserver:
+def make_observer(name: str, percentile: float = 99.99, bins_per_octave: int = 64,
+                  clips_per_octave: int = 16) -> RangeObserver:
     """A fresh observer called ``name`` (``minmax``, ``percentile``, ``mse``); unknown names list the valid ones."""
     if name == "minmax":
         return MinMaxObserver()
     if name == "percentile":
-        return PercentileObserver(percentile, bins)
+        return PercentileObserver(percentile, bins_per_octave)
     if name == "mse":
-        return MSEObserver(steps, bins)
+        return MSEObserver(clips_per_octave, bins_per_octave)
     raise ValueError(f"unknown observer {name!r}; choose one of {', '.join(OBSERVERS)}")
 
 
