@@ -204,19 +204,25 @@ def _upscale_tab(state: AppState) -> dict:
 
     device.change(refresh_backends, device, [attention, attention_note], queue=False)
 
-    def options(attention_, tiling_, size_, overlap_, vram_, scale_, seed_, color_fix_, crf_, codec_, audio_):
-        return calls.UpscaleOptions(attention_, tile_arg(tiling_, size_, overlap_), vram_arg(vram_), int(scale_ or 4),
-                                    color_fix_, int(seed_ or 0), float(crf_), codec_, bool(audio_))
-
     model_in = [checkpoint, recipe, dtype, device, variant]
     options_in = [attention, tiling, tile_size, tile_overlap, vram, scale, seed, color_fix, crf, codec, audio]
 
-    def do_estimate(path, ckpt, rec, dt, dev, var, *opts, request: gr.Request = None, progress=gr.Progress()):
-        if not path:
+    def read(values: dict) -> tuple[str | None, calls.ModelChoice, calls.UpscaleOptions]:
+        """The input path, model choice and options from the widgets' values (``values[component]``)."""
+        v = values
+        choice = _model_choice(v[checkpoint], v[recipe], v[dtype], v[device], v[variant])
+        options = calls.UpscaleOptions(v[attention], tile_arg(v[tiling], v[tile_size], v[tile_overlap]),
+                                       vram_arg(v[vram]), int(v[scale] or 4), v[color_fix], int(v[seed] or 0),
+                                       float(v[crf]), v[codec], bool(v[audio]))
+        return v[source], choice, options
+
+    # (inputs given as a set: the handler gets one dict, and Gradio still passes the request and progress)
+    def do_estimate(values: dict, request: gr.Request = None, progress=gr.Progress()):
+        if not values[source]:
             raise gr.Error("upload a video or an image first")
         lines: list[str] = []
         try:
-            choice, opt = _model_choice(ckpt, rec, dt, dev, var), options(*opts)
+            path, choice, opt = read(values)
             job = JOBS.start(_session(request), lambda report, cancel: calls.preflight(path, choice, opt,
                                                                                        lines.append), "estimate")
             yield from _follow(job, progress, lines)
@@ -224,16 +230,16 @@ def _upscale_tab(state: AppState) -> dict:
         except Exception as exc:  # noqa: BLE001 - shown on the page as one line
             raise _fail(exc) from None
 
-    estimate.click(do_estimate, [source, *model_in, *options_in], status, concurrency_id="device",
+    estimate.click(do_estimate, {source, *model_in, *options_in}, status, concurrency_id="device",
                    concurrency_limit=1)
 
-    def do_upscale(path, ckpt, rec, dt, dev, var, *opts, request: gr.Request = None, progress=gr.Progress()):
-        if not path:
+    def do_upscale(values: dict, request: gr.Request = None, progress=gr.Progress()):
+        if not values[source]:
             raise gr.Error("upload a video or an image first")
         lines: list[str] = []
         empty = {in_video: gr.update(), out_video: None, compare: None, result: None, summary: None}
         try:
-            choice, opt = _model_choice(ckpt, rec, dt, dev, var), options(*opts)
+            path, choice, opt = read(values)
             output = state.run_dir("upscale") / output_name(path, opt.scale)
             job = JOBS.start(_session(request), lambda report, cancel: calls.run_upscale(
                 path, output, choice, opt, report.frames, cancel, lines.append), "upscale")
@@ -253,7 +259,7 @@ def _upscale_tab(state: AppState) -> dict:
                out_video: str(output) if is_video else None, compare: image_pair, result: str(output),
                summary: summary_.to_dict()}
 
-    run.click(do_upscale, [source, *model_in, *options_in],
+    run.click(do_upscale, {source, *model_in, *options_in},
               [status, in_video, out_video, compare, result, summary], concurrency_id="device", concurrency_limit=1)
     cancel.click(_cancel, None, status, queue=False)
     return {"checkpoint": checkpoint}

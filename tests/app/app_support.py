@@ -160,6 +160,10 @@ def browser_page(chromium: str, width: int = 1400, height: int = 1000):
 
 
 def upload(page, elem_id: str, *paths: Path) -> None:
+    """Put ``paths`` into a gr.File (clearing what it held first)."""
+    clear = page.locator(f"#{elem_id} button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
     page.locator(f"#{elem_id} input[type=file]").set_input_files([str(p) for p in paths])
 
 

@@ -3,7 +3,7 @@
 A synthetic ``test``-size checkpoint and an 8-frame 32x32 clip with audio keep the run short on a CPU (fp32).
 The test uploads the clip, asks for the pre-flight estimate, upscales, and checks the result that the page offers
 for download: 8 frames of 128x128 (x4) with the audio kept. It also checks that a bad checkpoint path comes back
-as a one-line error message, and saves a screenshot to the test's folder.
+as a one-line error message, that Cancel stops a run, and saves screenshots to the test's folder.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def test_upscale_in_the_browser(tmp_path):
     chromium = require_browser()
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     clip = make_clip(tmp_path / "clip.mp4", frames=8, size=(32, 32))
+    long_clip = make_clip(tmp_path / "long.mp4", frames=33, size=(32, 32), audio=False)
     with running_app(tmp_path, checkpoint) as (url, out), browser_page(chromium) as page:
         page.goto(url)
         page.locator("#upscale-run").wait_for(timeout=30_000)
@@ -76,3 +77,13 @@ def test_upscale_in_the_browser(tmp_path):
         message = toast_text(page)
         assert "no-such-checkpoint" in message and "does not exist" in message
         assert "Traceback" not in message and "Traceback" not in status_text(page, "upscale-status")
+
+        # Cancel stops a running upscale (33 frames: several chunks, the library checks the event between them)
+        type_into(page, "upscale-checkpoint", str(checkpoint))
+        upload(page, "upscale-input", long_clip)
+        page.locator("#upscale-input-info", has_text="33 frames").wait_for(timeout=30_000)
+        page.click("#upscale-run")
+        wait_status(page, "upscale-status", "starting", timeout=30)
+        page.click("#upscale-cancel")
+        cancelled = wait_status(page, "upscale-status", "cancelled", timeout=60)
+        assert "done: " not in cancelled
