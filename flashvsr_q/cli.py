@@ -315,24 +315,51 @@ def run_demo(args: argparse.Namespace) -> int:
 
 # --- calibrate ---------------------------------------------------------------------------------------------------
 
+CLIP_DEFAULTS = {"calibrate": {"clips": 24, "frames": 41, "size": "256x256"},
+                 "sensitivity": {"clips": 2, "frames": 33, "size": "256x256"}}
 
-def _add_clip_arguments(parser: argparse.ArgumentParser, clips: int, frames: int, size: str) -> None:
+
+def _add_clip_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument("--set", dest="calibration_set", default=None, metavar="FILE", help="calibration-set YAML "
+                        "(calibration/*.yaml): footage and settings; flags given here override it")
     parser.add_argument("--checkpoint", default=None, help="float checkpoint (official layout; default: "
                         "$FLASHVSR_Q_CHECKPOINT or the shipped small model)")
-    parser.add_argument("--footage", nargs="+", required=True, help="video files, image files, folders, stills:DIR, "
+    parser.add_argument("--footage", nargs="+", default=None, help="video files, image files, folders, stills:DIR, "
                         "hf:DIR (a datasets.Dataset saved to disk), builtin (sample videos + stills)")
-    parser.add_argument("--clips", type=int, default=clips, help=f"clips cut from the footage (default {clips})")
-    parser.add_argument("--frames", type=int, default=frames, help=f"LR frames per clip, 8k+1 >= 33: a first chunk "
-                        f"and cache-warm chunks (default {frames})")
-    parser.add_argument("--size", default=size, help=f"output size WxH, multiples of 128 (default {size})")
-    parser.add_argument("--lr", action="store_true", help="the footage is already low-resolution: used as is "
-                        "(crops of W/4 x H/4) instead of bicubic-downscaled x4 from HR")
-    parser.add_argument("--seed", type=int, default=0, help="clip sampling and latent noise seed (default 0)")
-    parser.add_argument("--hash", default="content", choices=("content", "mtime"), help="identify footage files "
-                        "by SHA-256 of their content (default; stable across machines) or by path+size+mtime (fast)")
+    parser.add_argument("--clips", type=int, default=None, help=f"clips cut from the footage "
+                        f"(default {defaults['clips']})")
+    parser.add_argument("--frames", type=int, default=None, help=f"LR frames per clip, 8k+1 >= 33: a first chunk "
+                        f"and cache-warm chunks (default {defaults['frames']})")
+    parser.add_argument("--size", default=None, help=f"output size WxH, multiples of 128 (default {defaults['size']})")
+    parser.add_argument("--lr", action="store_true", default=None, help="the footage is already low-resolution: "
+                        "used as is (crops of W/4 x H/4) instead of bicubic-downscaled x4 from HR")
+    parser.add_argument("--seed", type=int, default=None, help="clip sampling and latent noise seed (default 0)")
+    parser.add_argument("--hash", default=None, choices=("content", "mtime"), help="identify footage files by "
+                        "SHA-256 of their content (default; stable across machines) or by path+size+mtime (fast)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"), help="compute dtype (default "
                         "bf16 on GPU, fp32 on CPU)")
+
+
+def _settings(args: argparse.Namespace, command_name: str, from_set: tuple[str, ...]) -> dict:
+    """Flags, else the --set file's values (for the keys in ``from_set``), else the defaults."""
+    from flashvsr_q.quant.calibration import load_calibration_set
+
+    file = load_calibration_set(args.calibration_set) if args.calibration_set else {}
+    merged = {"seed": 0, "hash": "content", "lr": False, **CLIP_DEFAULTS[command_name]}
+    merged.update({k: v for k, v in file.items() if k in from_set})
+    merged.update({k: v for k, v in vars(args).items() if v is not None and v != []})
+    if not merged.get("footage"):
+        raise FlashVSRError("no footage: give --footage PATH... or a --set file that lists some")
+    return merged
+
+
+def _clips(settings: dict):
+    from flashvsr_q.quant.calibration import FootageClips, parse_wxh
+
+    return FootageClips(settings["footage"], clips=settings["clips"], frames=settings["frames"],
+                        size=parse_wxh(settings["size"]), lr_input=settings["lr"], seed=settings["seed"],
+                        hash_mode=settings["hash"])
 
 
 def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,12 +399,12 @@ def _scheme(name: str, options: list[str]):
         raise FlashVSRError(str(exc)) from None
 
 
-def _sensitivity(args, model, clips, scheme, out_dir, calibration=None, smoothing=False):
+def _sensitivity(args, model, clips, scheme, out_dir, seed, calibration=None, smoothing=False):
     from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
 
     say = lambda group, i, total: print(f"  sensitivity {i + 1}/{total}: {group}", file=sys.stderr)  # noqa: E731
     report = analyze_sensitivity(model, scheme, clips, grouping=args.grouping, rank_by=args.rank_by,
-                                 calibration=calibration, smoothing=smoothing, seed=args.seed, progress=say)
+                                 calibration=calibration, smoothing=smoothing, seed=seed, progress=say)
     paths = write_report(report, out_dir)
     print(report.to_markdown(top=10))
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
@@ -389,10 +416,10 @@ def _sensitivity(args, model, clips, scheme, out_dir, calibration=None, smoothin
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="statistics file to write (.safetensors), for "
                         "`flashvsr-q quantize --calibration`")
-    _add_clip_arguments(parser, clips=24, frames=41, size="256x256")
-    parser.add_argument("--observer", default="minmax", choices=("minmax", "percentile", "mse"),
+    _add_clip_arguments(parser, CLIP_DEFAULTS["calibrate"])
+    parser.add_argument("--observer", default=None, choices=("minmax", "percentile", "mse"),
                         help="per-tensor activation range for static int8 scales (default minmax)")
-    parser.add_argument("--percentile", type=float, default=99.99, help="for --observer percentile (default 99.99)")
+    parser.add_argument("--percentile", type=float, default=None, help="for --observer percentile (default 99.99)")
     parser.add_argument("--smoothquant-alpha", type=float, default=None, help="compute SmoothQuant factors with this "
                         "alpha (0..1) for the DiT block linears (default: none, or the --recipe's alpha)")
     parser.add_argument("--alpha", action="append", default=[], metavar="PATTERN=ALPHA", help="per-layer alpha: "
@@ -413,10 +440,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from flashvsr_q.quant.calibration import (
         DIT_BLOCK_LINEARS,
         CalibrationConfig,
-        FootageClips,
         calibrate,
         parse_alpha_overrides,
-        parse_wxh,
         smoothing_from_recipe,
     )
 
@@ -425,34 +450,38 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise FlashVSRError(f"{output} already exists; choose another file or pass --overwrite")
     if output.is_dir():
         raise FlashVSRError(f"{output} is a folder; --output is the statistics file")
-    overrides = parse_alpha_overrides(args.alpha)
+    settings = _settings(args, "calibrate", ("footage", "clips", "frames", "size", "lr", "seed", "hash", "observer",
+                                             "percentile", "smoothquant_alpha", "alpha"))
+    overrides = parse_alpha_overrides(args.alpha) if args.alpha else settings.get("alpha", {})
     scheme = _scheme(args.sensitivity, args.option) if args.sensitivity else None
-    clips = FootageClips(args.footage, clips=args.clips, frames=args.frames, size=parse_wxh(args.size),
-                         lr_input=args.lr, seed=args.seed, hash_mode=args.hash)
+    clips = _clips(settings)
     model = _calibration_model(args)
     smooth_layers, alpha = DIT_BLOCK_LINEARS, None
     if args.recipe:
         from flashvsr_q.quant.recipes import load_recipe
 
         smooth_layers, alpha = smoothing_from_recipe(load_recipe(args.recipe), model)
-    alpha = args.smoothquant_alpha if args.smoothquant_alpha is not None else alpha
+    alpha = settings.get("smoothquant_alpha", alpha)
     if overrides and alpha is None:
         raise FlashVSRError("--alpha overrides need SmoothQuant: give --smoothquant-alpha (or a smoothquant recipe)")
-    config = CalibrationConfig(observer=args.observer, percentile=args.percentile, alpha=alpha,
-                               alpha_overrides=overrides, smooth_layers=smooth_layers, seed=args.seed)
-    say = lambda name, i: print(f"  {name}: clip {i + 1}/{args.clips}", file=sys.stderr)  # noqa: E731
+    observer = settings.get("observer", "minmax")
+    config = CalibrationConfig(observer=observer, percentile=settings.get("percentile", 99.99), alpha=alpha,
+                               alpha_overrides=overrides, smooth_layers=smooth_layers, seed=settings["seed"])
+    say = lambda name, i: print(f"  {name}: clip {i + 1}/{len(clips)}", file=sys.stderr)  # noqa: E731
     stats = calibrate(model, clips, config, progress=say)
+    if args.calibration_set:
+        stats.meta["calibration_set_file"] = Path(args.calibration_set).name
     output.parent.mkdir(parents=True, exist_ok=True)
     stats.save(output)
     smoothed = len(stats.meta["smoothed_layers"])
     print(f"wrote {output}: {len(stats.layers)} layers, {stats.meta['chunks']['first']} first + "
-          f"{stats.meta['chunks']['later']} cache-warm chunks, observer {args.observer}"
+          f"{stats.meta['chunks']['later']} cache-warm chunks, observer {observer}"
           f"{f', SmoothQuant factors for {smoothed} layers' if smoothed else ''}; "
           f"calibration set {stats.source_hash[:16]}")
     if scheme is not None:
         subset = [clip for _, clip in zip(range(max(1, args.sensitivity_clips)), clips)]
         report = Path(args.report) if args.report else output.with_name(f"{output.stem}-sensitivity")
-        _sensitivity(args, model, subset, scheme, report, calibration=stats)
+        _sensitivity(args, model, subset, scheme, report, settings["seed"], calibration=stats)
     return 0
 
 
@@ -464,7 +493,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheme", required=True, help="scheme to test (int4_weight_only, nf4, w8a8_int8, ...)")
     parser.add_argument("-o", "--output", required=True, help="report folder: sensitivity.json, .md, .png")
-    _add_clip_arguments(parser, clips=2, frames=33, size="256x256")
+    _add_clip_arguments(parser, CLIP_DEFAULTS["sensitivity"])
     _add_sensitivity_arguments(parser)
     parser.add_argument("--calibration", default=None, help="statistics from `flashvsr-q calibrate` (needed by "
                         "static-activation schemes)")
@@ -481,7 +510,6 @@ def add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sensitivity(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flashvsr_q.quant.calibration import FootageClips, parse_wxh
     from flashvsr_q.quant.sensitivity import generate_recipe, parse_size
     from flashvsr_q.quant.stats import CalibrationStats
 
@@ -490,13 +518,14 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     budget = parse_size(args.budget) if args.budget else None
     if args.recipe_out and Path(args.recipe_out).exists():
         raise FlashVSRError(f"{args.recipe_out} already exists; choose another file")
+    settings = _settings(args, "sensitivity", ("footage", "size", "lr", "seed", "hash"))
     scheme = _scheme(args.scheme, args.option)
     fallback = args.fallback if args.fallback == "bf16" else _scheme(args.fallback, [])
     calibration = CalibrationStats.load(args.calibration) if args.calibration else None
-    clips = list(FootageClips(args.footage, clips=args.clips, frames=args.frames, size=parse_wxh(args.size),
-                              lr_input=args.lr, seed=args.seed, hash_mode=args.hash))
+    clips = list(_clips(settings))
     model = _calibration_model(args)
-    report = _sensitivity(args, model, clips, scheme, Path(args.output), calibration, args.smoothquant)
+    report = _sensitivity(args, model, clips, scheme, Path(args.output), settings["seed"], calibration,
+                          args.smoothquant)
     if args.recipe_out:
         text, mix = generate_recipe(report, model, fallback, budget, name=args.recipe_name,
                                     device=str(model.device))

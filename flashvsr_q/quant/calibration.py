@@ -412,6 +412,48 @@ def parse_alpha_overrides(items: Sequence[str]) -> dict[str, float]:
     return out
 
 
+SET_FIELDS = {"footage": list, "clips": int, "frames": int, "size": str, "lr": bool, "seed": int, "hash": str,
+              "observer": str, "percentile": (int, float), "smoothquant_alpha": (int, float), "alpha": dict,
+              "description": str}
+
+
+def load_calibration_set(path: str | os.PathLike) -> dict:
+    """A calibration-set file (YAML; ``calibration/*.yaml``): the footage and the settings of ``calibrate``.
+
+    Keys are the CLI flags (``footage``, ``clips``, ``frames``, ``size``, ``lr``, ``seed``, ``hash``, ``observer``,
+    ``percentile``, ``smoothquant_alpha``, ``alpha`` as ``{PATTERN: ALPHA}``) plus a free ``description``. Footage
+    paths are relative to the file's folder (``builtin``, ``hf:``, ``stills:`` prefixes are kept).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FlashVSRError(f"calibration set {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FlashVSRError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise FlashVSRError(f"{path}: a calibration set is a YAML mapping")
+    unknown = sorted(set(data) - set(SET_FIELDS))
+    if unknown:
+        raise FlashVSRError(f"{path}: unknown field {', '.join(unknown)} (fields: {', '.join(SET_FIELDS)})")
+    for key, kind in SET_FIELDS.items():
+        if key in data and (not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool))):
+            raise FlashVSRError(f"{path}: {key} has the wrong type ({type(data[key]).__name__})")
+    footage = []
+    for item in data.get("footage", []):
+        item = str(item)
+        prefix = next((p for p in ("hf:", "stills:") if item.startswith(p)), "")
+        rest = item[len(prefix):]
+        footage.append(item if item == "builtin" or Path(rest).is_absolute() else prefix + str(path.parent / rest))
+    if "footage" in data:
+        data["footage"] = footage
+    if "alpha" in data:
+        data["alpha"] = {str(k): float(v) for k, v in data["alpha"].items()}
+    return data
+
+
 def smoothing_from_recipe(recipe, model: nn.Module) -> tuple[str, float | None]:
     """(regex of the layers a recipe quantizes with a scheme that takes SmoothQuant factors, its alpha or None)."""
     from flashvsr_q.quant.recipes import resolve_plan

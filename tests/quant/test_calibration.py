@@ -374,3 +374,33 @@ def test_cli_calibrate_refuses_to_overwrite(tmp_path, checkpoint_and_clip):
     assert out.read_bytes() == b"keep me"
     with pytest.raises(SystemExit):
         main(["calibrate", "--checkpoint", str(ckpt), "--footage", str(clip), "-o", str(out), "--observer", "kl"])
+
+
+def test_cli_calibrate_from_a_calibration_set_file(tmp_path, checkpoint_and_clip):
+    ckpt, clip = checkpoint_and_clip
+    (tmp_path / "sets").mkdir()
+    set_file = tmp_path / "sets" / "mine.yaml"
+    set_file.write_text("description: one clip\nfootage: [../clip.mp4]\nclips: 1\nframes: 33\nsize: 128x128\n"
+                        "observer: percentile\npercentile: 99.9\nsmoothquant_alpha: 0.5\n"
+                        "alpha: {'dit\\.blocks\\.\\d+\\.ffn\\.2': 0.7}\n")
+    out = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--set", str(set_file), "-o", str(out), "--observer",
+                 "mse", "--device", "cpu"]) == 0
+    meta = CalibrationStats.load(out).meta
+    assert meta["observer"] == "mse"  # the flag wins over the file
+    assert len(meta["clips"]) == 1 and meta["clips"][0]["size"] == [128, 128]
+    assert meta["alpha_per_layer"]["dit.blocks.0.ffn.2"] == 0.7 and meta["calibration_set_file"] == "mine.yaml"
+    set_file.write_text("footage: [../clip.mp4]\nclip: 3\n")  # typo: unknown field
+    out.unlink()
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--set", str(set_file), "-o", str(out)]) != 0
+    assert not out.exists()
+
+
+def test_shipped_calibration_sets_are_valid():
+    from flashvsr_q.quant.calibration import load_calibration_set
+
+    shipped = sorted((RECIPES_DIR.parent / "calibration").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        data = load_calibration_set(path)
+        assert data["footage"] and (data["frames"] - 1) % 8 == 0 and data["frames"] >= 33, path
