@@ -190,7 +190,9 @@ def run_quantize(args: argparse.Namespace) -> int:
         from flashvsr_q.model import load_official
         from flashvsr_q.quant.export import export_fp8_official
 
-        export_fp8_official(load_official(source, variant=args.variant, dtype=dtype), output,
+        with torch.device("meta"):
+            config = infer_config(source, args.variant)
+        export_fp8_official(load_official(source, config, variant=args.variant, dtype=dtype), output,
                             overwrite=args.overwrite)
         print(f"wrote {output} (official layout, fp8 e4m3 DiT linears with scale_weight)")
         return 0
@@ -310,6 +312,69 @@ def run_demo(args: argparse.Namespace) -> int:
                     device=args.device, overwrite=args.overwrite)
     print(format_table(rows))
     print(f"videos, side-by-side.png and results.json written to {args.output}/")
+    return 0
+
+
+# --- qat ---------------------------------------------------------------------------------------------------------
+
+
+@command("qat", "quantization-aware fine-tuning distilled from the float model (Lightning), then export")
+def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="QAT recipe YAML (e.g. recipes/qat-w4a8.yaml)")
+    parser.add_argument("--checkpoint", default=None, help="float checkpoint to fine-tune (default: "
+                        "$FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--footage", nargs="+", required=True, help="training footage: video files, image files, "
+                        "folders, stills:DIR, hf:DIR (a saved datasets.Dataset), builtin (sample videos + stills)")
+    parser.add_argument("-o", "--output", required=True, help="run folder: lightning/, logs/, model/ (the export)")
+    parser.add_argument("--steps", type=int, help="total training steps (default: the recipe's run.max_steps)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/lightning/last.ckpt")
+    parser.add_argument("--devices", default="1", help="devices (processes) per node, or auto (default 1)")
+    parser.add_argument("--num-nodes", type=int, default=1, help="nodes (multi-node DDP; default 1)")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "ddp", "ddp_spawn", "fsdp"),
+                        help="multi-device strategy (default auto); fsdp needs CUDA")
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="(default auto)")
+    parser.add_argument("--precision", default=None, help="Lightning precision (default bf16-mixed on GPU, 32-true)")
+    parser.add_argument("--dtype", default=None, choices=("bf16", "fp32"), help="compute dtype of the export "
+                        "(default bf16 on GPU, fp32 on CPU)")
+    parser.add_argument("--holdout", nargs="*", default=(), help="footage names kept out of training; validation "
+                        "clips come from them (default: carphone_pristine.mp4)")
+    parser.add_argument("--val-footage", nargs="*", default=(), help="extra validation footage")
+    parser.add_argument("--max-minutes", type=float, help="stop this invocation after N minutes (resumable)")
+    parser.add_argument("--compare", action="store_true", help="after export, measure teacher, plain PTQ and QAT "
+                        "on held-out clips; write OUTPUT/qat-report.md and .json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_qat(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from flashvsr_q.quant.qat import compare_ptq_qat, load_qat_recipe
+    from flashvsr_q.quant.qat import run_qat as fine_tune
+
+    recipe = load_qat_recipe(args.recipe)
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+    result = fine_tune(recipe, args.checkpoint, args.footage, args.output, steps=args.steps, resume=args.resume,
+                       accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
+                       strategy=args.strategy, precision=args.precision, holdout=tuple(args.holdout),
+                       val_footage=tuple(args.val_footage), dtype=dtype, max_minutes=args.max_minutes,
+                       progress=not args.no_progress)
+    if result.model_dir is None:  # a non-zero rank of a multi-process run: rank 0 reports and exports
+        return 0
+    val = ", ".join(f"{k.removeprefix('val/')} {v:.2f} dB" for k, v in result.validation.items())
+    print(f"QAT to step {result.steps} in {result.wall_seconds / 60:.1f} min{'; ' + val if val else ''}; "
+          f"model: {result.model_dir}; resume from: {result.checkpoint}")
+    if args.compare:
+        table, results, summary = compare_ptq_qat(recipe, args.checkpoint, result.model_dir,
+                                                  chunks=recipe.settings.data.chunks)
+        report = Path(args.output) / "qat-report"
+        report.with_suffix(".md").write_text(table + f"\n\nQAT: {result.steps} steps\n")
+        report.with_suffix(".json").write_text(json.dumps({"clips": results, **summary, "steps": result.steps},
+                                                          indent=1))
+        print(table)
     return 0
 
 
@@ -535,30 +600,6 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         tmp.write_text(text)
         tmp.replace(out)
         print(f"wrote {out}: {mix.summary()}")
-    return 0
-
-
-# --- train -------------------------------------------------------------------------------------------------------
-
-
-@command("train", "train a FlashVSR model (the shipped small one) from a YAML recipe with Lightning")
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="training recipe YAML (e.g. recipes/train-small.yaml)")
-    parser.add_argument("-o", "--output", required=True, help="run folder: Lightning checkpoints, logs, model/")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/lightning/last.ckpt")
-    parser.add_argument("--max-minutes", type=float, help="stop this invocation after N minutes (resumable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from flashvsr_q.train.recipe import load_recipe
-    from flashvsr_q.train.run import train
-
-    result = train(load_recipe(args.recipe), args.output, resume=args.resume, max_minutes=args.max_minutes,
-                   progress=not args.no_progress)
-    last = result.losses[-1][1] if result.losses else float("nan")
-    print(f"trained to step {result.steps} in {result.wall_seconds / 60:.1f} min (last loss {last:.4f}); "
-          f"model: {result.model_dir}; resume from: {result.checkpoint}")
     return 0
 
 

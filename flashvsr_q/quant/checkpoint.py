@@ -76,34 +76,27 @@ def _is_int4_opaque(t: torch.Tensor) -> bool:
     return type(t).__name__ == "Int4OpaqueTensor"
 
 
-def _flatten(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Plain tensors + per-tensor JSON metadata for a state dict holding torchao subclasses and bnb params."""
+def _flatten_one(key: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], str]:
+    """One state-dict entry -> (plain tensors to store, its JSON metadata). torchao subclasses go through
+    ``flatten_tensor_state_dict`` (which copies their data); bnb ``Int8Params`` / ``Params4bit`` become plain."""
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
     from torchao.prototype.safetensors.safetensors_utils import ALLOWED_TENSORS_SUBCLASSES
 
-    tensors, meta = {}, {}
-    for key, t in state.items():
-        module, _, leaf = key.rpartition(".")
-        if type(t).__name__ in ALLOWED_TENSORS_SUBCLASSES:
-            data, info = flatten_tensor_state_dict({key: t})
-            tensors.update(data)
-            meta[key] = info[key]
-        elif _is_int4_opaque(t):
-            names = list(t.tensor_data_names) + [n for n in t.optional_tensor_data_names if getattr(t, n) is not None]
-            for name in names:
-                tensors[f"{module}._{leaf}_{name}"] = getattr(t, name)
-            meta[key] = json.dumps({"_type": INT4_OPAQUE, "_tensor_data_names": names,
-                                    "block_size": list(t.block_size), "shape": list(t.shape),
-                                    "act_mapping_type": t.act_mapping_type})
-        else:
-            tensors[key] = t.detach().as_subclass(torch.Tensor)  # bnb Int8Params / Params4bit -> plain
-            meta[key] = json.dumps({"_type": "Tensor"})
-    return tensors, meta
+    module, _, leaf = key.rpartition(".")
+    if type(t).__name__ in ALLOWED_TENSORS_SUBCLASSES:
+        data, info = flatten_tensor_state_dict({key: t})
+        return data, info[key]
+    if _is_int4_opaque(t):
+        names = list(t.tensor_data_names) + [n for n in t.optional_tensor_data_names if getattr(t, n) is not None]
+        meta = json.dumps({"_type": INT4_OPAQUE, "_tensor_data_names": names, "block_size": list(t.block_size),
+                           "shape": list(t.shape), "act_mapping_type": t.act_mapping_type})
+        return {f"{module}._{leaf}_{name}": getattr(t, name) for name in names}, meta
+    return {key: t.detach().as_subclass(torch.Tensor)}, json.dumps({"_type": "Tensor"})
 
 
 def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: list[str],
                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Rebuild a state dict from :func:`_flatten`'s output; ``dtype`` replaces the logical (compute) dtype of the
+    """Rebuild a state dict from :func:`_flatten_one` entries; ``dtype`` replaces the logical (compute) dtype of the
     torchao tensors (their stored data and scales are unchanged)."""
     from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
     from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
@@ -136,15 +129,31 @@ def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: li
     return out
 
 
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, int]:
-    """Stream a safetensors file tensor by tensor (no second copy of the data); returns (sha256, bytes)."""
+def _write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                       flatten: bool = True) -> tuple[str, int]:
+    """Stream ``state`` to a safetensors file one entry at a time; returns (sha256, bytes).
+
+    With ``flatten``, entries go through :func:`_flatten_one` twice (once for the header, once for the data), so
+    at most one entry's flattened copy exists at a time: writing never doubles the model in memory.
+    """
+    def entries(key: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], str | None]:
+        return _flatten_one(key, t) if flatten else ({key: t}, None)
+
+    metadata = dict(metadata or {})
     header, offset = {}, 0
-    for key, t in tensors.items():
-        if t.dtype not in _ST_DTYPES:
-            raise ValueError(f"{key}: dtype {t.dtype} cannot be stored in safetensors")
-        size = t.numel() * t.element_size()
-        header[key] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
+    for key, t in state.items():  # pass 1: header and metadata
+        data, meta = entries(key, t)
+        if meta is not None:
+            metadata[key] = meta
+        for name, value in data.items():
+            if value.dtype not in _ST_DTYPES:
+                raise ValueError(f"{name}: dtype {value.dtype} cannot be stored in safetensors")
+            size = value.numel() * value.element_size()
+            header[name] = {"dtype": _ST_DTYPES[value.dtype], "shape": list(value.shape),
+                            "data_offsets": [offset, offset + size]}
+            offset += size
+    if flatten:
+        metadata["tensor_names"] = json.dumps(list(state))
     header["__metadata__"] = metadata
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -153,10 +162,14 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
         for chunk in (struct.pack("<Q", len(raw)), raw):
             f.write(chunk)
             digest.update(chunk)
-        for t in tensors.values():
-            data = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-            f.write(data)
-            digest.update(data)
+        for key, t in state.items():  # pass 2: data, in the same order
+            for name, value in entries(key, t)[0].items():
+                data = value.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+                begin, end = header[name]["data_offsets"]
+                if data.nbytes != end - begin:
+                    raise RuntimeError(f"{name} changed size while writing")
+                f.write(data)
+                digest.update(data)
         f.flush()
         os.fsync(f.fileno())
     return digest.hexdigest(), 8 + len(raw) + offset
@@ -200,11 +213,9 @@ def save_compressed(
     try:
         files = {}
         for part, state in _parts(model).items():
-            tensors, meta = _flatten(state)
-            meta["tensor_names"] = json.dumps(list(state))
-            sha, size = _write_safetensors(tmp / PARTS[part], tensors, meta)
+            sha, size = _write_safetensors(tmp / PARTS[part], state)
             files[PARTS[part]] = {"part": part, "sha256": sha, "bytes": size, "tensors": len(state)}
-            del tensors, state
+            del state
         dtype = str(model.dtype).removeprefix("torch.")
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,

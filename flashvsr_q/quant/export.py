@@ -94,7 +94,8 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
                 value = value.dequantize() if type(value) is not torch.Tensor else value
                 tensors[key] = value.detach().to(torch.bfloat16)
         tensors = dict(sorted(tensors.items()))
-        _write_safetensors(tmp / OFFICIAL_FILES["dit"], tensors, {"format": "pt", "flashvsr_q": "scaled_fp8_e4m3"})
+        _write_safetensors(tmp / OFFICIAL_FILES["dit"], tensors, {"format": "pt", "flashvsr_q": "scaled_fp8_e4m3"},
+                           flatten=False)
         del tensors
         for part in ("lq_proj", "decoder"):
             state = {k: v.detach().to("cpu", FILE_DTYPES[part]).contiguous()

@@ -178,9 +178,8 @@ def quantize_official(
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
-    config = infer_config(directory, variant)
-    with torch.device("meta"):
-        model = FlashVSR(config)
+    with torch.device("meta"):  # infer_config builds a model to compare shapes: keep it off the heap
+        model = FlashVSR(infer_config(directory, variant))
     if isinstance(plan, Recipe):
         plan = resolve_plan(plan, model, device)
     per_layer = layer_calibration(plan, calibration)

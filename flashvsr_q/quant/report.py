@@ -108,7 +108,8 @@ def _dtypes(path: Path, part: str) -> dict[str, int]:
 
 
 def _inspect_official(path: Path, hashes: bool) -> dict:
-    config = infer_config(path)
+    with torch.device("meta"):  # infer_config builds a model to compare shapes: keep it off the heap
+        config = infer_config(path)
     part_params = _part_params(config)
     files = []
     for part, name in OFFICIAL_FILES.items():

@@ -173,11 +173,11 @@ def test_never_overwrites_and_leaves_nothing_half_written(tmp_path, saved, monke
         save_compressed(model, path, recipe, plan)
     calls = []
 
-    def failing_write(file, tensors, metadata):
+    def failing_write(file, *args, **kwargs):
         calls.append(file)
         if len(calls) == 2:
             raise OSError("disk full")
-        return real_write(file, tensors, metadata)
+        return real_write(file, *args, **kwargs)
 
     real_write = ckpt._write_safetensors
     monkeypatch.setattr(ckpt, "_write_safetensors", failing_write)
