@@ -15,6 +15,7 @@ when Cancel sets its event. Errors reach the page as the one-line FlashVSRError 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -318,9 +319,9 @@ def _quantize_tab(state: AppState) -> dict:
                     grouping = gr.Dropdown(["block", "kind", "layer"], value="block", label="Grouping")
                 lr_input = gr.Checkbox(False, label="The footage is low-resolution (use it as the model input)")
                 calibrate = gr.Button("Calibrate", elem_id="quantize-calibrate")
-            sensitivity = gr.Image(label="Sensitivity (lower = more sensitive)", type="filepath", interactive=False,
-                                   elem_id="quantize-sensitivity")
             table = gr.Markdown(elem_id="quantize-sensitivity-table")
+    sensitivity = gr.Image(label="Sensitivity (lower = more sensitive)", type="filepath", interactive=False,
+                           elem_id="quantize-sensitivity")
 
     recipe.change(lambda r: calls.read_recipe_text(r) if r else gr.update(), recipe, editor, queue=False)
     model_in = [checkpoint, dtype, device, variant]
@@ -358,6 +359,7 @@ def _quantize_tab(state: AppState) -> dict:
                 yield "\n".join(lines + ["", "cancelled"]), None, None, None
                 return
             raise _fail(exc) from None
+        markdown = re.sub(r"^# ", "#### ", markdown, flags=re.MULTILINE)  # the report's title as a small heading
         yield "\n".join(lines + ["", "done: calibration"]), str(stats), str(plot) if plot else None, markdown
 
     calibrate.click(do_calibrate, [clips, *model_in, n_clips, frames, size, observer, alpha, scheme, grouping,

@@ -280,12 +280,26 @@ def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def metric_choices() -> list[str]:
-    return ["psnr", "ssim", "lpips"]
+def metric_choices() -> list[tuple[str, str]]:
+    """(label, name) of every registered metric (``eval.metrics.METRICS``), with its direction, and a note when its
+    weight files are missing (``eval.weights.require``)."""
+    from flashvsr_q.eval.metrics import METRICS
+    from flashvsr_q.eval.weights import MetricUnavailable, require
+
+    choices = []
+    for name, metric in METRICS.items():
+        label = f"{metric.label} {metric.arrow}"
+        try:
+            require(name, metric.weights)
+        except MetricUnavailable:
+            label += " (weights missing)"
+        choices.append((label, name))
+    return choices
 
 
 def default_metrics() -> list[str]:
-    return ["psnr", "ssim"]
+    """The weight-free full-reference metrics."""
+    return ["psnr", "ssim", "tdiff"]
 
 
 @dataclass(frozen=True)
