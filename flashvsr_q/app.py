@@ -319,6 +319,12 @@ def _quantize_tab(state: AppState) -> dict:
                     grouping = gr.Dropdown(["block", "kind", "layer"], value="block", label="Grouping")
                 lr_input = gr.Checkbox(False, label="The footage is low-resolution (use it as the model input)")
                 calibrate = gr.Button("Calibrate", elem_id="quantize-calibrate")
+                with gr.Row():
+                    budget = gr.Textbox("", label="Checkpoint size budget", info="e.g. 1.2GB, 800MiB",
+                                        elem_id="quantize-budget")
+                    fallback = gr.Dropdown([("keep (bf16)", "bf16"), *[(s, s) for s in schemes]], value="bf16",
+                                           label="Most sensitive groups in")
+                suggest = gr.Button("Write a recipe within the budget (into the editor)", elem_id="quantize-suggest")
             table = gr.Markdown(elem_id="quantize-sensitivity-table")
     sensitivity = gr.Image(label="Sensitivity (lower = more sensitive)", type="filepath", interactive=False,
                            elem_id="quantize-sensitivity")
@@ -339,32 +345,56 @@ def _quantize_tab(state: AppState) -> dict:
 
     check.click(do_check, [editor, *model_in], status, concurrency_id="device", concurrency_limit=1)
 
-    def do_calibrate(files, ckpt, dt, dev, var, n, f, s, obs, a, sch, grp, lr, request: gr.Request = None,
+    report_dir = gr.State(None)  # the folder of the last sensitivity report, for "Write recipe"
+
+    def do_calibrate(files, text, ckpt, dt, dev, var, n, f, s, obs, a, sch, grp, lr, request: gr.Request = None,
                      progress=gr.Progress()):
         if not files:
             raise gr.Error("upload at least one calibration clip")
         lines: list[str] = []
+        keep = (gr.update(),) * 4
         try:
             choice = _model_choice(ckpt, RECIPE_NONE, dt, dev, var)
             settings = calls.CalibrationOptions(int(n), int(f), int(s), obs, float(a) if str(a).strip() else None,
                                                 None if sch == "none" else sch, grp, bool(lr))
             out = state.run_dir("calibration")
             job = JOBS.start(_session(request), lambda report, cancel: calls.run_calibration(
-                list(files), out, choice, settings, report, cancel, lines.append), "calibrate")
-            for text in _follow(job, progress, lines):
-                yield text, gr.update(), gr.update(), gr.update()
+                list(files), out, choice, settings, text, report, cancel, lines.append), "calibrate")
+            for text_ in _follow(job, progress, lines):
+                yield text_, *keep
             stats, plot, markdown = job.result()
         except Exception as exc:  # noqa: BLE001 - cancelled: say so; anything else: one line
             if is_cancelled(exc):
-                yield "\n".join(lines + ["", "cancelled"]), None, None, None
+                yield "\n".join(lines + ["", "cancelled"]), None, None, None, None
                 return
             raise _fail(exc) from None
         markdown = re.sub(r"^# ", "#### ", markdown, flags=re.MULTILINE)  # the report's title as a small heading
-        yield "\n".join(lines + ["", "done: calibration"]), str(stats), str(plot) if plot else None, markdown
+        yield ("\n".join(lines + ["", "done: calibration"]), str(stats), str(plot) if plot else None, markdown,
+               str(out) if plot else None)
 
-    calibrate.click(do_calibrate, [clips, *model_in, n_clips, frames, size, observer, alpha, scheme, grouping,
-                                     lr_input],
-                    [status, stats_file, sensitivity, table], concurrency_id="device", concurrency_limit=1)
+    calibrate.click(do_calibrate, [clips, editor, *model_in, n_clips, frames, size, observer, alpha, scheme,
+                                   grouping, lr_input],
+                    [status, stats_file, sensitivity, table, report_dir], concurrency_id="device",
+                    concurrency_limit=1)
+
+    def do_suggest(folder, ckpt, dt, dev, var, budget_, fallback_, request: gr.Request = None,
+                   progress=gr.Progress()):
+        if not folder:
+            raise gr.Error("run Calibrate with a sensitivity scheme first")
+        lines: list[str] = []
+        try:
+            choice = _model_choice(ckpt, RECIPE_NONE, dt, dev, var)
+            job = JOBS.start(_session(request), lambda report, cancel: calls.suggest_recipe(
+                folder, choice, budget_, fallback_, None, lines.append), "suggest")
+            for text_ in _follow(job, progress, lines):
+                yield text_, gr.update()
+            yaml_text = job.result()
+        except Exception as exc:  # noqa: BLE001
+            raise _fail(exc) from None
+        yield "\n".join(lines + ["", "done: the editor holds the generated recipe"]), yaml_text
+
+    suggest.click(do_suggest, [report_dir, *model_in, budget, fallback], [status, editor], concurrency_id="device",
+                  concurrency_limit=1)
 
     def do_export(text, ckpt, dt, dev, var, stats, out_name, request: gr.Request = None, progress=gr.Progress()):
         lines: list[str] = []

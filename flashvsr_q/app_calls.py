@@ -203,36 +203,79 @@ def scheme_choices(device: str | None = None) -> list[str]:
     return [name for name, cls in SCHEMES.items() if cls().unavailable(dev) is None]
 
 
-def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, options: CalibrationOptions, report=None,
-                    cancel: threading.Event | None = None, say: Callable[[str], None] = log.info):
-    """``calibrate`` on clips cut from the uploaded footage (``FootageClips``), saved as ``stats.safetensors``;
-    then, with a scheme, ``analyze_sensitivity`` on the same clips and ``write_report``.
+def _float_model(choice: ModelChoice, say: Callable[[str], None]):
+    """The float model calibration and sensitivity need (``flashvsr-q calibrate`` refuses compressed folders)."""
+    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
 
-    Returns (stats path, sensitivity plot path or None, sensitivity Markdown or a short summary).
+    source = choice.checkpoint or default_checkpoint()
+    if checkpoint_kind(source) != "official":
+        raise FlashVSRError(f"{source} is a compressed checkpoint; calibrate the float (official-layout) weights")
+    return MODELS.get(ModelChoice(choice.checkpoint, None, choice.dtype, choice.device, choice.variant), say)
+
+
+def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, options: CalibrationOptions,
+                    recipe_text: str | None = None, report=None, cancel: threading.Event | None = None,
+                    say: Callable[[str], None] = log.info):
+    """What ``flashvsr-q calibrate --footage FILES... --recipe R --sensitivity SCHEME`` does: ``calibrate`` on clips
+    cut from the footage (``FootageClips``), SmoothQuant factors for the layers the recipe smooths
+    (``smoothing_from_recipe``; the alpha box overrides the recipe's), statistics saved as ``stats.safetensors``;
+    then, with a scheme, ``analyze_sensitivity`` on the first two clips and ``write_report`` into ``out_dir``.
+
+    Returns (stats path, sensitivity plot path or None, sensitivity Markdown or a one-line summary).
     """
-    from flashvsr_q.quant.calibration import CalibrationConfig, FootageClips, calibrate
+    from flashvsr_q.quant.calibration import (
+        DIT_BLOCK_LINEARS,
+        CalibrationConfig,
+        FootageClips,
+        calibrate,
+        smoothing_from_recipe,
+    )
 
-    model = MODELS.get(ModelChoice(choice.checkpoint, None, choice.dtype, choice.device, choice.variant), say)
     clips = FootageClips(files, clips=options.clips, frames=options.frames, size=(options.size, options.size),
                          lr_input=options.lr_input)
-    config = CalibrationConfig(observer=options.observer, alpha=options.alpha)
+    model = _float_model(choice, say)
+    smooth_layers, alpha = DIT_BLOCK_LINEARS, None
+    if recipe_text:
+        from flashvsr_q.quant import parse_recipe
+
+        recipe = parse_recipe(recipe_text, "editor")
+        if recipe.smoothquant:
+            smooth_layers, alpha = smoothing_from_recipe(recipe, model)
+    alpha = options.alpha if options.alpha is not None else alpha
+    config = CalibrationConfig(observer=options.observer, alpha=alpha, smooth_layers=smooth_layers)
     progress = cancellable(lambda name, i: report and report(i + 1, options.clips, f"calibration: {name}", "clips"),
                            cancel)
     stats = calibrate(model, clips, config, progress=progress)
     stats_path = stats.save(Path(out_dir) / "stats.safetensors")
-    say(f"calibration statistics of {len(stats.layers)} layers written to {stats_path}")
+    smoothed = len(stats.meta["smoothed_layers"])
+    say(f"wrote {stats_path}: {len(stats.layers)} layers, observer {options.observer}"
+        f"{f', SmoothQuant factors for {smoothed} layers' if smoothed else ''}")
     if options.scheme is None:
         return stats_path, None, f"statistics of {len(stats.layers)} layers (no sensitivity analysis asked for)"
 
     from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
 
+    subset = [clip for _, clip in zip(range(min(2, options.clips)), clips)]
     progress = cancellable(lambda group, i, total: report and report(i, total, f"sensitivity: {group}", "groups"),
                            cancel)
-    result = analyze_sensitivity(model, options.scheme, list(clips), grouping=options.grouping, calibration=stats,
+    result = analyze_sensitivity(model, options.scheme, subset, grouping=options.grouping, calibration=stats,
                                  progress=progress)
     paths = write_report(result, out_dir)
-    say(f"sensitivity report written to {paths['markdown']}")
+    say(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return stats_path, paths["plot"], result.to_markdown(top=20)
+
+
+def suggest_recipe(report_dir: str | os.PathLike, choice: ModelChoice, budget: str, fallback: str = "bf16",
+                   name: str | None = None, say: Callable[[str], None] = log.info) -> str:
+    """What ``flashvsr-q sensitivity --budget B --recipe-out R`` writes: a recipe keeping the most sensitive groups
+    of the last sensitivity report in ``fallback`` while the checkpoint stays within ``budget`` (YAML text)."""
+    from flashvsr_q.quant.sensitivity import generate_recipe, load_report
+
+    model = _float_model(choice, say)
+    text, mix = generate_recipe(load_report(report_dir), model, fallback, budget, name=name,
+                                device=str(model.device))
+    say(mix.summary())
+    return text
 
 
 def checkpoint_folder_name(name: str) -> str:
