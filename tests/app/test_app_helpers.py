@@ -144,3 +144,22 @@ def test_check_recipe_and_export(checkpoint, tmp_path):
     assert "compressed checkpoint" in report and (tmp_path / "int8" / "manifest.json").is_file()
     with pytest.raises(FlashVSRError, match="plain folder name"):
         calls.checkpoint_folder_name("../escape")
+
+
+def test_cancellable_callback_stops_a_library_loop():
+    cancel, seen = threading.Event(), []
+    callback = calls.cancellable(lambda *args: seen.append(args), cancel)
+    callback("layer", 1, 2)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        callback("layer", 2, 2)
+    assert seen == [("layer", 1, 2)]
+
+
+def test_metric_and_checkpoint_choices(checkpoint, tmp_path):
+    metrics = dict((name, label) for label, name in calls.metric_choices())
+    assert metrics["psnr"] == "PSNR ↑" and set(calls.default_metrics()) <= set(metrics)
+    from flashvsr_q.app_jobs import checkpoint_choices
+
+    values = [value for _, value in checkpoint_choices([checkpoint, tmp_path])]
+    assert values[0] == DEFAULT_CHOICE and str(checkpoint) in values and str(tmp_path) not in values
