@@ -7,64 +7,67 @@
 - :mod:`~flashvsr_q.eval.report`: ``write_report``;
 - :mod:`~flashvsr_q.eval.weights`: the offline weights folder and ``MetricUnavailable``;
 - :mod:`~flashvsr_q.eval.clipio`: streaming frame I/O for video files and PNG folders.
+
+Names are imported on first use, so ``flashvsr-q degrade`` does not pay for matplotlib or the metric stack.
 """
 
-from flashvsr_q.eval.clipio import ClipWriter, probe, read_frames
-from flashvsr_q.eval.degrade import (
-    DegradeResult,
-    RealBasicVSRDegradation,
-    RealBasicVSRParams,
-    bicubic_downscale,
-    degrade_video,
-    sample_params,
-)
-from flashvsr_q.eval.dover import Dover, DoverScore, dover_score
-from flashvsr_q.eval.metrics import (
-    METRICS,
-    Metric,
-    build_metric,
-    compute_frame_metrics,
-    get_metric,
-    video_mean,
-)
-from flashvsr_q.eval.report import Report, write_report
-from flashvsr_q.eval.temporal import (
-    TEMPORAL_METRICS,
-    FrameDifferenceError,
-    WarpingError,
-    build_temporal,
-    compute_temporal_metrics,
-)
-from flashvsr_q.eval.weights import ENV_VAR, MetricUnavailable, WeightFile, weights_dir
+from __future__ import annotations
 
-__all__ = [
-    "ENV_VAR",
-    "METRICS",
-    "TEMPORAL_METRICS",
-    "ClipWriter",
-    "DegradeResult",
-    "Dover",
-    "DoverScore",
-    "FrameDifferenceError",
-    "Metric",
-    "MetricUnavailable",
-    "RealBasicVSRDegradation",
-    "RealBasicVSRParams",
-    "Report",
-    "WarpingError",
-    "WeightFile",
-    "bicubic_downscale",
-    "build_metric",
-    "build_temporal",
-    "compute_frame_metrics",
-    "compute_temporal_metrics",
-    "degrade_video",
-    "dover_score",
-    "get_metric",
-    "probe",
-    "read_frames",
-    "sample_params",
-    "video_mean",
-    "weights_dir",
-    "write_report",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "clipio": ("ClipWriter", "probe", "read_frames"),
+    "degrade": ("DegradeResult", "RealBasicVSRDegradation", "RealBasicVSRParams", "bicubic_downscale",
+                "degrade_video", "sample_params"),
+    "dover": ("Dover", "DoverScore", "dover_score"),
+    "metrics": ("METRICS", "Metric", "build_metric", "compute_frame_metrics", "get_metric", "video_mean"),
+    "report": ("Report", "write_report"),
+    "temporal": ("TEMPORAL_METRICS", "FrameDifferenceError", "WarpingError", "build_temporal",
+                 "compute_temporal_metrics"),
+    "weights": ("ENV_VAR", "MetricUnavailable", "WeightFile", "weights_dir"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'flashvsr_q.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"flashvsr_q.eval.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from flashvsr_q.eval.clipio import ClipWriter, probe, read_frames  # noqa: F401
+    from flashvsr_q.eval.degrade import (  # noqa: F401
+        DegradeResult,
+        RealBasicVSRDegradation,
+        RealBasicVSRParams,
+        bicubic_downscale,
+        degrade_video,
+        sample_params,
+    )
+    from flashvsr_q.eval.dover import Dover, DoverScore, dover_score  # noqa: F401
+    from flashvsr_q.eval.metrics import (  # noqa: F401
+        METRICS,
+        Metric,
+        build_metric,
+        compute_frame_metrics,
+        get_metric,
+        video_mean,
+    )
+    from flashvsr_q.eval.report import Report, write_report  # noqa: F401
+    from flashvsr_q.eval.temporal import (  # noqa: F401
+        TEMPORAL_METRICS,
+        FrameDifferenceError,
+        WarpingError,
+        build_temporal,
+        compute_temporal_metrics,
+    )
+    from flashvsr_q.eval.weights import ENV_VAR, MetricUnavailable, WeightFile, weights_dir  # noqa: F401

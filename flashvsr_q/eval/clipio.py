@@ -56,7 +56,7 @@ def list_images(folder: Path) -> list[Path]:
 def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except (OSError, ValueError) as exc:
         raise FlashVSRError(f"cannot read image {path}: {exc}") from exc
 

@@ -79,7 +79,8 @@ def bicubic_downscale(frames: np.ndarray | torch.Tensor, scale: int = 4) -> np.n
     if isinstance(frames, np.ndarray):
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise FlashVSRError(f"numpy frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T, 3, H, W]
+        # torch wants writable memory; decoded frames (PIL, PyAV) are often read-only views
+        x = torch.from_numpy(frames if frames.flags.writeable else frames.copy()).permute(0, 3, 1, 2)  # [T,3,H,W]
     elif isinstance(frames, torch.Tensor):
         if not frames.is_floating_point() or frames.ndim != 4 or frames.shape[1] != 3:
             raise FlashVSRError(f"tensor frames must be float [T, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
