@@ -169,18 +169,22 @@ class Report:
         return rows
 
     def paper_table(self) -> str:
-        """Markdown: rows = configurations, columns = metrics with arrows, best of each column in bold."""
+        """Markdown: rows = configurations, columns = registered metrics with arrows, best of each column in bold.
+
+        Extra values (``dover_raw_technical``, ...) stay out of it; they are in the per-clip tables, CSV and JSON.
+        """
+        columns = [m for m in self.metrics if base_name(m) in METRICS]
         best: dict[str, float] = {}
-        for metric in self.metrics:
+        for metric in columns:
             better = higher_better(metric)
             numbers = [self.means[c][metric] for c in self.configs if is_number(self.means[c][metric])]
             if better is not None and len(numbers) > 1:
                 best[metric] = max(numbers) if better else min(numbers)
-        header = ["Configuration", *(column_title(m) for m in self.metrics)]
-        lines = [_md_row(header), _md_row(["---"] + ["---:"] * len(self.metrics))]
+        header = ["Configuration", *(column_title(m) for m in columns)]
+        lines = [_md_row(header), _md_row(["---"] + ["---:"] * len(columns))]
         for config in self.configs:
             cells = [config + (" (ref)" if config == self.reference else "")]
-            for metric in self.metrics:
+            for metric in columns:
                 value = self.means[config][metric]
                 text = fmt(metric, value)
                 cells.append(f"**{text}**" if metric in best and value == best[metric] else text)

