@@ -324,13 +324,15 @@ def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: 
 
 
 def metric_choices() -> list[tuple[str, str]]:
-    """(label, name) of every registered metric (``eval.metrics.METRICS``), with its direction, and a note when its
-    weight files are missing (``eval.weights.require``)."""
+    """(label, name) of the registered per-frame and temporal metrics (``eval.metrics.METRICS``) with their
+    direction, and a note when their weight files are missing (``eval.weights.require``)."""
     from flashvsr_q.eval.metrics import METRICS
     from flashvsr_q.eval.weights import MetricUnavailable, require
 
     choices = []
     for name, metric in METRICS.items():
+        if metric.kind not in ("frame", "temporal"):
+            continue
         label = f"{metric.label} {metric.arrow}"
         try:
             require(name, metric.weights)
@@ -347,20 +349,94 @@ def default_metrics() -> list[str]:
 
 @dataclass(frozen=True)
 class EvaluateOptions:
+    """The Evaluate tab's settings."""
+
     metrics: list[str]
-    degradation: str = "bicubic"
+    degradation: str = "bicubic"  # eval.degrade preset that makes the LR input from the HR clip
     dtype: str | None = None
     device: str | None = None
+    seed: int = 0
 
 
 @dataclass
 class EvaluationResult:
-    table: object  # a pandas DataFrame or a list of rows
+    """What the tab shows: the mean table (header row first), the report's plots and all its files."""
+
+    table: list[list[str]]
     plots: list[str]
     files: list[str]
+
+
+def config_name(checkpoint: str | None, recipe: str | None) -> str:
+    """A configuration's name in the report: the checkpoint folder's name (``default``), plus ``+recipe``."""
+    name = Path(checkpoint).name if checkpoint else "default"
+    return f"{name}+{recipe}" if recipe else name
 
 
 def run_evaluation(files: list[str], entries: list[tuple[str | None, str | None]], out: Path,
                    options: EvaluateOptions, report=None, cancel: threading.Event | None = None,
                    say: Callable[[str], None] = log.info) -> EvaluationResult:
-    raise FlashVSRError("evaluation from the GUI is not connected yet")
+    """Compare configurations (checkpoint, recipe) on HR clips: ``eval.degrade_video`` makes each LR input,
+    ``infer.upscale`` runs every configuration, ``eval.compute_frame_metrics`` / ``compute_temporal_metrics`` score
+    the output against the HR clip, ``eval.write_report`` writes the report (deltas against the first one).
+
+    Stopgap: this sequence belongs to the library's ``flashvsr-q eval`` runner, which does not exist yet; when it
+    lands, this function should call it instead.
+    """
+    from flashvsr_q.eval.clipio import read_frames
+    from flashvsr_q.eval.degrade import degrade_video
+    from flashvsr_q.eval.metrics import METRICS, compute_frame_metrics, video_mean
+    from flashvsr_q.eval.report import Report, column_title, fmt, write_report
+    from flashvsr_q.eval.temporal import compute_temporal_metrics
+    from flashvsr_q.eval.weights import MetricUnavailable
+    from flashvsr_q.infer import upscale
+    from flashvsr_q.infer.pipeline import check_cancel
+
+    unknown = [m for m in options.metrics if m not in METRICS]
+    if not options.metrics or unknown:
+        raise FlashVSRError(f"choose metrics among {', '.join(METRICS)}"
+                            + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    frame = [m for m in options.metrics if METRICS[m].kind == "frame"]
+    temporal = [m for m in options.metrics if METRICS[m].kind == "temporal"]
+    out = Path(out)
+    clips = {Path(f).stem: Path(f) for f in files}
+    lr = {}
+    (out / "lr").mkdir(parents=True, exist_ok=True)
+    for name, hr in clips.items():
+        check_cancel(cancel)
+        lr[name] = degrade_video(hr, out / "lr" / f"{name}.mp4", preset=options.degradation, seed=options.seed).path
+        say(f"{name}: LR input made ({options.degradation})")
+    configs: dict[str, tuple[str | None, str | None]] = {}
+    for checkpoint, recipe in entries:
+        name = config_name(checkpoint, recipe)
+        configs[name if name not in configs else f"{name} ({len(configs) + 1})"] = (checkpoint, recipe)
+    results, per_frame, skipped = {}, {}, {}
+    total, done = len(configs) * len(clips), 0
+    for config, (checkpoint, recipe) in configs.items():
+        model = MODELS.get(ModelChoice(checkpoint, recipe, options.dtype, options.device), say)
+        for name, hr in clips.items():
+            sr = out / "sr" / config / f"{name}.mp4"
+            sr.parent.mkdir(parents=True, exist_ok=True)
+            upscale(lr[name], sr, model=model, overwrite=True, show_progress=False, cancel=cancel, log=say)
+            values: dict[str, list[float]] = {}
+            for names, compute in ((frame, compute_frame_metrics), (temporal, compute_temporal_metrics)):
+                for metric in names:
+                    try:
+                        values.update(compute(read_frames(sr), read_frames(hr), [metric], device=options.device))
+                    except MetricUnavailable as exc:
+                        skipped[metric] = str(exc)
+            results.setdefault(config, {})[name] = video_mean(values)
+            per_frame.setdefault(config, {})[name] = values
+            done += 1
+            if report:
+                report(done, total, f"evaluating {config}", "runs")
+            say(f"{config} on {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[config][name].items()))
+    reference = next(iter(configs))
+    paths = write_report(results, out / "report", reference=reference if len(configs) > 1 else None,
+                         per_frame=per_frame, skipped=skipped, title="flashvsr-q app evaluation")
+    table = Report(results, reference if len(configs) > 1 else None, skipped)
+    rows = [["configuration", *(column_title(m) for m in table.metrics)]]
+    rows += [[config, *(fmt(m, table.means[config][m]) for m in table.metrics)] for config in table.configs]
+    plots = [str(p) for p in paths.values() if p.suffix == ".png"]
+    say(f"report written to {out / 'report'}")
+    return EvaluationResult(rows, plots, [str(p) for p in paths.values()])

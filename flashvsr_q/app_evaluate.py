@@ -16,6 +16,7 @@ from flashvsr_q.app_jobs import (
     resolve_recipe,
 )
 from flashvsr_q.app_ui import DTYPE_CHOICES, AppState, cancel_job, fail, follow, session
+from flashvsr_q.eval.degrade import PRESETS as DEGRADATIONS
 
 
 def evaluate_tab(state: AppState) -> dict:
@@ -36,7 +37,8 @@ def evaluate_tab(state: AppState) -> dict:
                 dtype = gr.Dropdown(DTYPE_CHOICES, value="auto", label="Compute dtype")
             metrics = gr.CheckboxGroup(calls.metric_choices(), value=calls.default_metrics(), label="Metrics",
                                        elem_id="evaluate-metrics")
-            degrade = gr.Dropdown(["bicubic", "realbasicvsr"], value="bicubic", label="Degradation (HR -> LR)")
+            degrade = gr.Dropdown(list(DEGRADATIONS), value="bicubic", label="Degradation (HR -> LR)",
+                                  elem_id="evaluate-degradation")
             with gr.Row():
                 run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="evaluate-cancel")
@@ -67,7 +69,10 @@ def evaluate_tab(state: AppState) -> dict:
                 yield "\n".join(lines + ["", "cancelled"]), None, None, None
                 return
             raise fail(exc) from None
-        yield ("\n".join(lines + ["", f"report written to {out}"]), result.table, result.plots, result.files)
+        import pandas as pd
+
+        table_ = pd.DataFrame(result.table[1:], columns=result.table[0])
+        yield ("\n".join(lines + ["", f"done: report in {out / 'report'}"]), table_, result.plots, result.files)
 
     run.click(do_evaluate, [clips, configs, recipes, device, dtype, metrics, degrade], [status, table, plots, report],
               concurrency_id="device", concurrency_limit=1)

@@ -163,3 +163,16 @@ def test_metric_and_checkpoint_choices(checkpoint, tmp_path):
 
     values = [value for _, value in checkpoint_choices([checkpoint, tmp_path])]
     assert values[0] == DEFAULT_CHOICE and str(checkpoint) in values and str(tmp_path) not in values
+
+
+def test_evaluation_compares_configurations(checkpoint, tmp_path):
+    hr = make_clip(tmp_path / "hr.mp4", frames=3, size=(32, 16), audio=False)
+    entries = [(str(checkpoint), None), (str(checkpoint), "int8-weight-only")]
+    result = calls.run_evaluation([str(hr)], entries, tmp_path / "eval",
+                                  calls.EvaluateOptions(["psnr", "tdiff", "lpips"], dtype="fp32", device="cpu"))
+    header, *rows = result.table
+    assert header[0] == "configuration" and "PSNR↑" in header and "tDiff↓" in header
+    assert [row[0] for row in rows] == ["test", "test+int8-weight-only"]
+    assert all(float(row[header.index("PSNR↑")]) > 0 for row in rows)
+    assert any(p.endswith("deltas.png") for p in result.plots)
+    assert (tmp_path / "eval" / "report" / "report.md").is_file()
