@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -155,14 +156,27 @@ def test_degrade_video_folder_to_folder_and_video_to_video(tmp_path, hr_clip, sk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hr", "hr.mp4", "lr", "lr.mkv"]  # no temporaries left
 
 
+def _audio_only(path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for i in range(3):
+            frame.pts = i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
 def test_degrade_video_bad_inputs_raise_and_leave_nothing(tmp_path):
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 50)
     (tmp_path / "empty").mkdir()
+    _audio_only(tmp_path / "audio.mp4")
     cases = {tmp_path / "missing.mp4": "no such file", tmp_path / "corrupt.mp4": "cannot read video",
-             tmp_path / "empty": "holds no images"}
+             tmp_path / "empty": "holds no images", tmp_path / "audio.mp4": "no video stream"}
     for src, message in cases.items():
-        with pytest.raises(FlashVSRError, match=message):
+        with pytest.raises(FlashVSRError, match=message) as error:
             degrade_video(src, tmp_path / "out.mp4")
+        assert "\n" not in str(error.value)
     with pytest.raises(FlashVSRError, match="unknown preset"):
         degrade_video(tmp_path / "corrupt.mp4", tmp_path / "out.mp4", preset="gaussian")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.mp4", "empty"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio.mp4", "corrupt.mp4", "empty"]
