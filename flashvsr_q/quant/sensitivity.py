@@ -349,8 +349,14 @@ def _layer_calibration(calibration, fqns, scheme, smoothing):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+_METRICS = {"sqnr": ("sqnr_db", "SQNR of decoded frames (dB)"), "psnr": ("psnr_db", "PSNR of decoded frames (dB)"),
+            "temporal": ("temporal_db", "temporal SQNR, frame differences (dB)"),
+            "latent": ("latent_sqnr_db", "SQNR of the DiT output latents (dB)")}
+
+
 def plot_report(report: SensitivityReport, path: str | Path) -> Path:
-    """Horizontal bars of SQNR and temporal dB per group, most sensitive at the top (matplotlib Agg)."""
+    """Horizontal bars per group, most sensitive at the top (matplotlib Agg): the ranking metric, and the
+    temporal SQNR (or the frame SQNR when ranking by temporal). The dashed line: everything quantized at once."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,17 +364,21 @@ def plot_report(report: SensitivityReport, path: str | Path) -> Path:
 
     ranked = report.ranked()
     names = [r.name for r in ranked][::-1]
+    second = "sqnr" if report.rank_by == "temporal" else "temporal"
     height = min(40.0, 1.5 + 0.22 * len(ranked))
     fig, axes = plt.subplots(1, 2, figsize=(12, height), sharey=True)
-    for ax, key, label in ((axes[0], "sqnr_db", "SQNR of decoded frames (dB)"),
-                           (axes[1], "temporal_db", "temporal SQNR, frame differences (dB)")):
+    for ax, metric in zip(axes, (report.rank_by, second)):
+        key, label = _METRICS[metric]
         values = [getattr(r, key) for r in ranked][::-1]
-        ax.barh(range(len(values)), values, color="#4477aa")
         all_q = report.all_quantized.get(key)
+        low, high = min(values + ([all_q] if all_q is not None else [])), max(values)
+        margin = max(1.0, 0.05 * (high - low))
+        ax.barh(range(len(values)), [v - (low - margin) for v in values], left=low - margin, color="#4477aa")
         if all_q is not None:
             ax.axvline(all_q, color="#cc3311", linestyle="--", label=f"all quantized: {all_q:.1f} dB")
             ax.legend(loc="lower right", fontsize=8)
-        ax.set_xlabel(label)
+        ax.set_xlim(low - margin, high + margin)
+        ax.set_xlabel(label + (" (ranking)" if metric == report.rank_by else ""))
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(names)), names, fontsize=7 if len(names) > 40 else 9)
     fig.suptitle(f"{report.scheme.get('name')} on {report.model}: one {report.grouping} quantized at a time "
