@@ -28,6 +28,7 @@ from flashvsr_q.quant.calibration import (
     observer_absmax,
     static_scale,
     stream_clip,
+    with_static_ranges,
 )
 from flashvsr_q.quant.observers import AbsHistogram, LayerObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from flashvsr_q.quant.recipes import RECIPES_DIR
@@ -404,3 +405,27 @@ def test_shipped_calibration_sets_are_valid():
     for path in shipped:
         data = load_calibration_set(path)
         assert data["footage"] and (data["frames"] - 1) % 8 == 0 and data["frames"] >= 33, path
+
+
+def test_static_scale_reaches_torchao():
+    """The scale ``w8a8_int8_static`` hands to torchao is the observer's range / 127."""
+    model = random_model("test")
+    stats = calibrate(model, TensorClips([random_lr(33, seed=6)]), CalibrationConfig(observer="percentile"))
+    fqn = "dit.blocks.0.ffn.2"
+    layer = get_scheme("w8a8_int8_static").quantize(copy.deepcopy(model.get_submodule(fqn)),
+                                                     with_static_ranges(stats, smoothed=False).layers[fqn])
+    assert torch.allclose(layer.weight.act_quant_scale.flatten(), static_scale(stats, fqn).flatten(), rtol=1e-6)
+    assert static_scale(stats, fqn) < stats.layers[fqn].input_absmax.max() / 127  # the percentile clipped
+
+
+def test_footage_clips_from_a_saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+    frames = [[rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(34)] for _ in range(2)]
+    datasets.Dataset.from_dict({"frames": frames}).save_to_disk(str(tmp_path / "ds"))
+    clips = FootageClips([f"hf:{tmp_path / 'ds'}"], clips=2, frames=33, size=(128, 128), lr_input=True)
+    got = list(clips)
+    assert [tuple(c.lr.shape) for c in got] == [(1, 3, 33, 128, 128)] * 2
+    assert [c.record["source"]["row"] for c in got] == [0, 1] and got[0].record["source"]["fingerprint"]
+    again = FootageClips([f"hf:{tmp_path / 'ds'}"], clips=2, frames=33, size=(128, 128), lr_input=True)
+    assert calibration_set_hash(c.record for c in again) == calibration_set_hash(c.record for c in got)
