@@ -99,10 +99,15 @@ class LossSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """What trains (the decoder is shared with the teacher and always stays frozen): ``all`` parameters of the DiT
-    and the LQ projection, the ``quantized`` linears, the ``layers`` whose parameter names fully match
-    the regex ``layers``, the ``norms`` (norm weights, adaLN modulation tables, biases), or ``lora``: rank-``lora_rank``
-    adapters on the quantized linears (the base weights frozen), merged into the weights before convert."""
+    """What trains: ``all`` parameters of the DiT, the ``quantized`` linears, the ``layers`` whose parameter names
+    fully match the regex ``layers``, the ``norms`` (norm weights, adaLN modulation tables, biases), or ``lora``:
+    rank-``lora_rank`` adapters on the quantized linears (base weights frozen), merged into the weights before convert.
+
+    The LQ projection and the decoder are kept in float by every shipped recipe and shared with the teacher: they
+    stay frozen (``layers`` may still name them). AdamW's first steps move every weight by about ``lr``, which on
+    the LQ projection's wide causal convolutions (fan-in 768 x 27) shifted the DiT input 20x more than the whole
+    w4a8 quantization error did.
+    """
 
     mode: str = "all"
     layers: str = ""
@@ -302,15 +307,15 @@ def prepare_student(model: FlashVSR, plan: QuantPlan, train: TrainSettings = Tra
         train: the trainable subset (and LoRA settings).
         dtype: the compute dtype of the export (fake-quant scale precision follows it where the kernel's does).
     """
-    from torchao.quantization import quantize_
-    from torchao.quantization.qat import QATConfig
+    from torchao.quantization import PerToken, quantize_
+    from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     for fqn, layer in plan.quantized.items():
         act, weight = fake_quantize_configs(layer.scheme, dtype)
         quantize_(model, QATConfig(activation_config=act, weight_config=weight, step="prepare"),
                   filter_fn=lambda module, name, fqn=fqn: name == fqn)
         module = model.get_submodule(fqn)
-        if act is not None and getattr(act, "granularity", None).__class__.__name__ == "PerToken" and act.is_symmetric:
+        if isinstance(act, IntxFakeQuantizeConfig) and isinstance(act.granularity, PerToken) and act.is_symmetric:
             module.activation_fake_quantizer = PerTokenSymmetricFakeQuantizer(act)
         if train.mode == "lora":
             parametrize.register_parametrization(
@@ -324,7 +329,7 @@ def select_trainable(model: FlashVSR, plan: QuantPlan, train: TrainSettings) -> 
     """Set ``requires_grad`` per :class:`TrainSettings`; returns the names of the trainable parameters."""
     quantized = tuple(f"{fqn}." for fqn in plan.quantized)
     rules = {
-        "all": lambda name: not name.startswith("decoder."),
+        "all": lambda name: name.startswith("dit."),
         "quantized": lambda name: name.startswith(quantized),
         "layers": lambda name: re.fullmatch(train.layers, name) is not None,
         "norms": lambda name: re.search(r"(^|\.)(norm\w*|modulation)(\.|$)", name) is not None
@@ -333,7 +338,7 @@ def select_trainable(model: FlashVSR, plan: QuantPlan, train: TrainSettings) -> 
     }
     chosen = []
     for name, p in model.named_parameters():
-        p.requires_grad_(rules[train.mode](name) and not name.startswith("decoder."))
+        p.requires_grad_(rules[train.mode](name))
         if p.requires_grad:
             chosen.append(name)
     if not chosen:
@@ -505,6 +510,7 @@ class QATSystem(L.LightningModule):
                  lcsa: LCSASettings = LCSASettings()):
         super().__init__()
         self.student, self.teacher = student, teacher
+        self.student.train()
         self.teacher.requires_grad_(False).eval()
         self.loss_settings, self.optim, self.total_steps, self.lcsa = loss, optim, total_steps, lcsa
         self.strict_loading = False  # checkpoints hold the student only
@@ -697,10 +703,18 @@ def run_qat(recipe: QATRecipe, checkpoint: str | os.PathLike | None, footage: li
     model_dir = out_dir / "model"
     convert_student(system.student.cpu() if export_device == "cpu" else system.student, plan, dtype=dtype,
                     device=export_device)
-    save_compressed(system.student, model_dir, recipe.quant, plan, overwrite=True)
+    save_compressed(system.student, model_dir, export_recipe(recipe), plan, overwrite=True)
     result = QATResult(step, wall, history.losses, validation, model_dir, last)
     _write_summary(out_dir / "qat-summary.json", recipe, settings, result)
     return result
+
+
+def export_recipe(recipe: QATRecipe) -> Recipe:
+    """The PTQ recipe as the manifest records it: named after the QAT recipe, with the QAT recipe appended as YAML
+    comments (the text still parses as the PTQ recipe)."""
+    comment = "\n".join(f"# {line}" for line in recipe.text.splitlines())
+    text = f"{recipe.quant.text.rstrip()}\n# --- fine-tuned by QAT ({recipe.source}):\n{comment}\n"
+    return dataclasses.replace(recipe.quant, name=recipe.name, text=text, source=recipe.source)
 
 
 def _write_summary(path: Path, recipe: QATRecipe, settings: QATSettings, result: QATResult) -> None:

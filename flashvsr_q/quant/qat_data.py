@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 from flashvsr_q.data.clips import make_pair, upsample
 from flashvsr_q.data.footage import ClipSampler, resolve_footage, sample_video
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.model.streaming import CHUNK_FRAMES, CHUNK_LATENTS, FIRST_CHUNK_FRAMES, FIRST_CHUNK_LATENTS, \
-    LOOKAHEAD, SeededNoise
+from flashvsr_q.model.streaming import (
+    CHUNK_FRAMES,
+    CHUNK_LATENTS,
+    FIRST_CHUNK_FRAMES,
+    FIRST_CHUNK_LATENTS,
+    LOOKAHEAD,
+    SeededNoise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,8 @@ def make_example(clip: np.ndarray, degradation: str, noise_seed: int, latent_cha
     else:
         raise FlashVSRError(f"unknown degradation {degradation!r}; choose one of {', '.join(DEGRADATIONS)}")
     height, width = lr_up.shape[-2:]
-    noise = SeededNoise(noise_seed, latent_channels, height // 8, width // 8)(0, clip_latents(chunks), torch.device("cpu"))
+    noise = SeededNoise(noise_seed, latent_channels, height // 8, width // 8)(0, clip_latents(chunks),
+                                                                              torch.device("cpu"))
     out = {"lr": lr_up.contiguous(), "noise": noise[0]}
     if hr is not None:
         out["hr"] = hr[:, : lr_up.shape[1] - LOOKAHEAD].contiguous()
@@ -210,55 +218,68 @@ def heldout_clips(chunks: int = 2) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def clip_psnr(models: dict[str, Any], clips: dict[str, torch.Tensor], reference: str = "teacher",
               color_fix: str = "adain", seed: int = 0, attention: str = "sparse") -> dict[str, dict[str, dict]]:
-    """{clip: {model: {"psnr_vs_gt", "psnr_vs_<reference>"}}}: each model streamed over each clip's bicubic LR
-    exactly as ``upscale`` runs it (seeded noise, colour fix), PSNR of the 8-bit frames averaged over frames."""
-    from flashvsr_q.infer.colorfix import color_fix as fix, to_uint8
+    """Stream each model over each clip's bicubic LR exactly as ``upscale`` runs it (seeded noise, colour fix).
+
+    Returns {clip: {model: metrics}}: ``psnr_vs_gt`` of the 8-bit frames (mean over frames, the deployment
+    metric); for models other than ``reference``: ``psnr_vs_<reference>`` of the colour-fixed float frames (peak to
+    peak 2; 8-bit rounding would hide differences under ~50 dB) and ``dit_snr_vs_<reference>``, the SNR in dB of the
+    DiT's output (the velocity ``noise - x0``; what quantization perturbs, before the float decoder).
+    """
+    from flashvsr_q.infer.colorfix import color_fix as fix
+    from flashvsr_q.infer.colorfix import to_uint8
     from flashvsr_q.model.streaming import run_clip
     from flashvsr_q.train.measure import psnr
+
+    def db(signal: torch.Tensor, error: torch.Tensor) -> float:
+        return float(10 * torch.log10(signal.double().pow(2).mean() / error.double().pow(2).mean().clamp_min(1e-30)))
 
     results: dict[str, dict[str, dict]] = {}
     for name, hr_u8 in clips.items():
         lr_up, _ = make_pair(hr_u8)  # [3, F, H, W] in [-1, 1]
         out_frames = hr_u8.shape[0] - LOOKAHEAD
         gt = hr_u8[:out_frames].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
-        outputs = {}
+        h, w = lr_up.shape[-2:]
+        outputs, noise = {}, None
         for label, model in models.items():
             model.set_attention(attention, "cpu")
-            h, w = lr_up.shape[-2:]
-            frames, _ = run_clip(model, lr_up[None].to(model.dtype),
-                                 SeededNoise(seed, model.config.latent_channels, h // 8, w // 8))
-            fixed = fix(frames.float(), lr_up[None, :, :out_frames], color_fix)
-            outputs[label] = to_uint8(fixed[0]).permute(1, 2, 3, 0).numpy()
+            seeded = SeededNoise(seed, model.config.latent_channels, h // 8, w // 8)
+            frames, latents = run_clip(model, lr_up[None].to(model.dtype), seeded)
+            noise = seeded(0, latents.shape[2], torch.device("cpu"))
+            outputs[label] = (fix(frames.float(), lr_up[None, :, :out_frames], color_fix), latents.float())
         row = {}
-        for label, out in outputs.items():
-            row[label] = {"psnr_vs_gt": float(np.mean([psnr(a, b) for a, b in zip(out, gt)]))}
+        ref_frames, ref_latents = outputs[reference]
+        for label, (frames, latents) in outputs.items():
+            u8 = to_uint8(frames[0]).permute(1, 2, 3, 0).numpy()
+            row[label] = {"psnr_vs_gt": float(np.mean([psnr(a, b) for a, b in zip(u8, gt)]))}
             if label != reference:
-                row[label][f"psnr_vs_{reference}"] = float(np.mean([psnr(a, b) for a, b in
-                                                                   zip(out, outputs[reference])]))
+                row[label][f"psnr_vs_{reference}"] = db(torch.full((), 2.0), frames - ref_frames)
+                row[label][f"dit_snr_vs_{reference}"] = db(noise - ref_latents, latents - ref_latents)
         results[name] = row
     return results
 
 
-def recovery_table(results: dict[str, dict[str, dict]], steps: int | None = None,
-                   minutes: float | None = None) -> tuple[str, dict[str, float]]:
-    """Markdown table of :func:`clip_psnr` for models ``teacher``, ``ptq``, ``qat``, and the mean fraction of the
-    PTQ loss that QAT recovers: vs GT ``(qat - ptq) / (teacher - ptq)`` in dB, and vs the teacher as the share of
-    the PTQ error energy removed ``1 - mse_qat / mse_ptq``."""
-    lines = ["| clip | teacher vs GT | PTQ vs GT | PTQ vs teacher | QAT vs GT | QAT vs teacher | recovered (GT dB) "
-             "| error removed (vs teacher) |", "|---|---|---|---|---|---|---|---|"]
-    gt_fracs, energy = [], []
+def recovery_table(results: dict[str, dict[str, dict]]) -> tuple[str, dict[str, float]]:
+    """Markdown table of :func:`clip_psnr` for models ``teacher``, ``ptq``, ``qat`` and how much of the PTQ loss
+    QAT recovers: vs GT ``(qat - ptq) / (teacher - ptq)`` in dB (n/a when PTQ loses < 0.01 dB), and vs the teacher
+    the share of PTQ's error energy removed, ``1 - mse_qat / mse_ptq``, for the frames and for the DiT output."""
+    lines = ["| clip | teacher vs GT | PTQ vs GT | QAT vs GT | recovered (GT) | PTQ vs teacher | QAT vs teacher "
+             "| frame error removed | PTQ DiT SNR | QAT DiT SNR | DiT error removed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fractions: dict[str, list[float]] = {"recovered_gt": [], "frame_error_removed": [], "dit_error_removed": []}
     for clip, row in results.items():
         t, p, q = row["teacher"], row["ptq"], row["qat"]
         loss = t["psnr_vs_gt"] - p["psnr_vs_gt"]
-        frac = (q["psnr_vs_gt"] - p["psnr_vs_gt"]) / loss if abs(loss) > 1e-9 else float("nan")
-        removed = 1 - 10 ** ((p["psnr_vs_teacher"] - q["psnr_vs_teacher"]) / 10)
-        gt_fracs.append(frac)
-        energy.append(removed)
-        lines.append(f"| {clip} | {t['psnr_vs_gt']:.2f} | {p['psnr_vs_gt']:.2f} | {p['psnr_vs_teacher']:.2f} | "
-                     f"{q['psnr_vs_gt']:.2f} | {q['psnr_vs_teacher']:.2f} | {frac:.0%} | {removed:.0%} |")
-    summary = {"recovered_gt": float(np.mean(gt_fracs)), "error_removed_vs_teacher": float(np.mean(energy))}
-    tail = [f"mean recovered (vs GT): {summary['recovered_gt']:.0%}; mean error energy removed (vs teacher): "
-            f"{summary['error_removed_vs_teacher']:.0%}"]
-    if steps is not None:
-        tail.append(f"QAT: {steps} steps" + (f" in {minutes:.1f} min" if minutes is not None else ""))
-    return "\n".join(lines + [""] + tail), summary
+        gt = (q["psnr_vs_gt"] - p["psnr_vs_gt"]) / loss if loss > 0.01 else float("nan")
+        frames = 1 - 10 ** ((p["psnr_vs_teacher"] - q["psnr_vs_teacher"]) / 10)
+        latents = 1 - 10 ** ((p["dit_snr_vs_teacher"] - q["dit_snr_vs_teacher"]) / 10)
+        for key, value in zip(fractions, (gt, frames, latents)):
+            fractions[key].append(value)
+        lines.append(f"| {clip} | {t['psnr_vs_gt']:.2f} | {p['psnr_vs_gt']:.2f} | {q['psnr_vs_gt']:.2f} | "
+                     f"{'n/a' if math.isnan(gt) else f'{gt:.0%}'} | {p['psnr_vs_teacher']:.2f} | "
+                     f"{q['psnr_vs_teacher']:.2f} | {frames:.0%} | {p['dit_snr_vs_teacher']:.2f} | "
+                     f"{q['dit_snr_vs_teacher']:.2f} | {latents:.0%} |")
+    summary = {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan")
+               for k, v in fractions.items()}
+    lines += ["", "PSNR / SNR in dB. " + "; ".join(f"mean {k.replace('_', ' ')}: {v:.0%}" for k, v in summary.items()
+                                                   if not math.isnan(v))]
+    return "\n".join(lines), summary

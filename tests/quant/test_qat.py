@@ -61,7 +61,8 @@ def lively_model(seed: int = 0):
 def tiny_recipe(tmp_path, **changes):
     """The shipped QAT recipe, shortened for tests (``section__field=value`` overrides)."""
     recipe = load_qat_recipe(QAT_RECIPE)
-    defaults = dict(run__checkpoint_every=1, run__val_every=100, data__val_clips=0, loss__decode_every=2)
+    defaults = dict(run__checkpoint_every=1, run__val_every=100, data__val_clips=0, data__chunks=1,
+                    loss__output=0.0, loss__temporal=0.0, loss__latent=1.0, loss__decode_every=1)
     return dataclass_replace(recipe, recipe.settings.replace(**{**defaults, **changes}))
 
 
@@ -238,8 +239,9 @@ def test_interrupt_and_resume_continue_from_the_last_checkpoint(tmp_path, footag
     from flashvsr_q.cli import main
 
     recipe = tmp_path / "qat.yaml"
-    recipe.write_text(f"name: qat-test\nquantize: w4a8\nqat:\n  data: {{val_clips: 0}}\n"
-                      f"  loss: {{decode_every: 2, latent: 1.0}}\n  run: {{checkpoint_every: 1}}\n")
+    recipe.write_text("name: qat-test\nquantize: w4a8\nqat:\n  data: {val_clips: 0, chunks: 1}\n"
+                      "  loss: {output: 0.0, temporal: 0.0, latent: 1.0, features: 0.1}\n"
+                      "  run: {checkpoint_every: 1}\n")
     out = tmp_path / "run"
     args = ["qat", "--recipe", str(recipe), "--checkpoint", str(float_checkpoint), "--footage", *footage,
             "-o", str(out), "--accelerator", "cpu", "--no-progress"]
@@ -264,7 +266,8 @@ def test_ddp_on_two_cpu_processes_exports_the_ptq_checkpoint_format(tmp_path, fo
                      strategy="ddp_spawn", progress=False)
     assert result.steps == 2
     manifest = read_manifest(result.model_dir)
-    assert manifest["recipe"]["name"] == "w4a8"
+    assert manifest["recipe"]["name"] == "qat-w4a8"
+    assert parse_recipe(manifest["recipe"]["text"]).rules == recipe.quant.rules  # still the deployed PTQ recipe
     assert set(manifest["layers"].values()) == {None, "w4a8_int"}
     model = load_compressed(result.model_dir, dtype=torch.float32)
     assert type(model.dit.blocks[1].self_attn.q.weight).__name__ == "IntxUnpackedToInt8Tensor"
