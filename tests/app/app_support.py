@@ -170,7 +170,7 @@ def upload(page, elem_id: str, *paths: Path) -> None:
 def choose(page, elem_id: str, option: str) -> None:
     """Pick ``option`` (its label) in a Gradio dropdown."""
     page.locator(f"#{elem_id} input").click()
-    page.locator("ul.options li", has_text=option).first.click()
+    page.locator("[role=option]", has_text=option).first.click(timeout=10_000)
 
 
 def type_into(page, elem_id: str, text: str) -> None:

@@ -137,6 +137,7 @@ def evaluate_tab(page, hr: Path, out: Path) -> None:
     except Exception:  # noqa: BLE001 - no export in this session: compare the default with a recipe instead
         page.keyboard.press("Escape")
         choose(page, "evaluate-recipes", "int8-weight-only")
+    page.keyboard.press("Escape")
     page.click("#evaluate-run")
     wait_status(page, "evaluate-status", "done: ", timeout=900)
     shot(page, out / "evaluate.png")
