@@ -62,6 +62,7 @@ class RunSettings:
     max_minutes: float | None = None
     checkpoint_every: int = 25
     threads: int = 2
+    output_fit_clips: int = 0  # > 0: refit the decoder's last conv in closed form on this many clips before export
 
 
 @dataclass(frozen=True)

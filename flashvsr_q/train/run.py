@@ -3,7 +3,7 @@
 Output folder::
 
     DIR/lightning/last.ckpt     resumable Lightning checkpoint (``--resume`` continues from it)
-    DIR/logs/metrics.csv        per-step loss and learning rates
+    DIR/logs/version_N/         per-step loss and learning rates (metrics.csv), one folder per invocation
     DIR/model/                  the trained model in the official file layout (``load_checkpoint(DIR/model)``)
     DIR/train-summary.json      steps, wall time, final loss, recipe
 """
@@ -28,6 +28,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.model import FlashVSR, get_config
 from flashvsr_q.model.loading import save_official
 from flashvsr_q.train.init import init_decoder_as_upscaler
+from flashvsr_q.train.output_fit import fit_output_layer
 from flashvsr_q.train.recipe import TrainRecipe
 from flashvsr_q.train.system import FlashVSRTrainingSystem
 
@@ -118,7 +119,7 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     trainer = L.Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=recipe.train.max_steps, max_epochs=-1,
         gradient_clip_val=recipe.optim.grad_clip or None, log_every_n_steps=1, callbacks=callbacks,
-        logger=CSVLogger(out_dir, name="logs", version=""), enable_progress_bar=progress,
+        logger=CSVLogger(out_dir, name="logs"), enable_progress_bar=progress,  # logs/version_N per invocation
         enable_model_summary=progress, num_sanity_val_steps=0, default_root_dir=out_dir)
 
     # 3. fit (resumes optimiser, scheduler and step count), then checkpoint and export
@@ -127,6 +128,8 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     wall = time.monotonic() - start
     trainer.save_checkpoint(last)  # also when stopped by time, between the periodic checkpoints
     model_dir = out_dir / "model"
+    if recipe.train.output_fit_clips > 0:  # closed-form last layer (train/output_fit.py); not in last.ckpt
+        fit_output_layer(model.eval(), data.spec, recipe.seed, recipe.train.output_fit_clips)
     if export:
         save_official(model, model_dir, overwrite=True)
     result = TrainResult(trainer.global_step, wall, history.losses, model_dir, last)
