@@ -139,10 +139,39 @@ def markdown(results: list[dict], bf16: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+@__import__("torch").no_grad()
+def sqnr_table(dim: int = 1536, tokens: int = 512, seed: int = 0) -> str:
+    """Per-layer SQNR of every scheme that runs on CPU: one dim x dim layer, N(0, 1/dim) weights (the official
+    init scale), N(0, 1) bf16 activations; output against the bf16 layer."""
+    import torch
+
+    from flashvsr_q.quant.schemes import SCHEMES
+    from flashvsr_q.quant.stats import LayerCalibration
+
+    torch.manual_seed(seed)
+    weight = torch.randn(dim, dim) / dim**0.5
+    x = torch.randn(1, tokens, dim, dtype=torch.bfloat16)
+    lines = ["| scheme | SQNR vs bf16 layer |", "|---|---|"]
+    for name, cls in sorted(SCHEMES.items()):
+        if cls().unavailable("cpu"):
+            lines.append(f"| {name} | not on CPU |")
+            continue
+        layer = torch.nn.Linear(dim, dim).to(torch.bfloat16)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        reference = layer(x).float()
+        stats = LayerCalibration(x.abs().flatten(0, 1).amax(0).float()) if cls().needs_calibration else None
+        out = cls().quantize(layer, stats)(x).float().detach()
+        db = 20 * torch.log10(reference.norm() / (reference - out).norm())
+        lines.append(f"| {name} | {float(db):.1f} dB |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="official-layout folder")
-    parser.add_argument("--out", required=True, type=Path, help="scratch folder for the compressed checkpoints")
+    parser.add_argument("--checkpoint", type=Path, help="official-layout folder")
+    parser.add_argument("--out", type=Path, help="scratch folder for the compressed checkpoints")
+    parser.add_argument("--sqnr", action="store_true", help="only print the per-layer SQNR of every scheme")
     parser.add_argument("--recipes", default=None, help="comma-separated (default: every shipped recipe that runs "
                         "on --device)")
     parser.add_argument("--device", default="cpu")
@@ -150,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one recipe, JSON on stdout
     args = parser.parse_args(argv)
+    if args.sqnr:
+        print(sqnr_table())
+        return 0
+    if args.checkpoint is None or args.out is None:
+        parser.error("--checkpoint and --out are required (or --sqnr)")
     if args.one:
         print(json.dumps(measure_one(args.one, args.checkpoint, args.out / args.one, args.device)))
         return 0
