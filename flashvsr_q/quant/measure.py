@@ -139,7 +139,6 @@ def markdown(results: list[dict], bf16: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-@__import__("torch").no_grad()
 def sqnr_table(dim: int = 1536, tokens: int = 512, seed: int = 0) -> str:
     """Per-layer SQNR of every scheme that runs on CPU: one dim x dim layer, N(0, 1/dim) weights (the official
     init scale), N(0, 1) bf16 activations; output against the bf16 layer."""
@@ -149,6 +148,7 @@ def sqnr_table(dim: int = 1536, tokens: int = 512, seed: int = 0) -> str:
     from flashvsr_q.quant.stats import LayerCalibration
 
     torch.manual_seed(seed)
+    torch.set_grad_enabled(False)
     weight = torch.randn(dim, dim) / dim**0.5
     x = torch.randn(1, tokens, dim, dtype=torch.bfloat16)
     lines = ["| scheme | SQNR vs bf16 layer |", "|---|---|"]
