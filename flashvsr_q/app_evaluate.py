@@ -46,7 +46,7 @@ def evaluate_tab(state: AppState) -> dict:
                                 elem_classes="fq-status")
         with gr.Column(scale=2):
             table = gr.Dataframe(label="Comparison", interactive=False, wrap=True, elem_id="evaluate-table")
-            plots = gr.Gallery(label="Plots", columns=1, height="auto", object_fit="contain", preview=False,
+            plots = gr.Gallery(label="Plots", columns=2, height=360, object_fit="contain", preview=False,
                                elem_id="evaluate-plots")
             report = gr.File(label="Report files", file_count="multiple", interactive=False, elem_id="evaluate-report")
 
