@@ -5,13 +5,14 @@ that the matching CLI command calls, and returns what the page shows. None of th
 pick which library function to call and with what. Long ones take ``report`` (a progress callback) and
 ``cancel`` (a ``threading.Event``) and pass them on to the library.
 
-| button                  | library                                                  | CLI                     |
-|-------------------------|----------------------------------------------------------|-------------------------|
-| Upscale / Estimate      | ``infer.upscale``, ``infer.pipeline.plan_memory``        | ``flashvsr-q upscale``  |
-| Check recipe            | ``quant.parse_recipe``, ``quant.resolve_plan``           | ``flashvsr-q inspect``  |
-| Calibrate               | ``quant.calibration.calibrate``, ``quant.sensitivity``   | ``flashvsr-q calibrate``|
-| Export                  | ``quant.quantize_model``, ``quant.save_compressed``      | ``flashvsr-q quantize`` |
-| Evaluate                | ``eval``                                                 | ``flashvsr-q eval``     |
+- Estimate memory: ``infer.pipeline.plan_memory`` (what ``flashvsr-q upscale`` prints before it runs);
+- Upscale: ``infer.upscale`` with its progress callback and cancel event (``flashvsr-q upscale``);
+- Check recipe: ``quant.parse_recipe`` + ``quant.resolve_plan`` (``flashvsr-q quantize --dry-run``);
+- Calibrate: ``quant.calibration.calibrate`` + ``quant.sensitivity`` (``flashvsr-q calibrate --sensitivity``);
+- Write a recipe: ``quant.sensitivity.generate_recipe`` (``flashvsr-q sensitivity --budget``);
+- Export: ``quant.quantize_official`` + ``quant.save_compressed`` (``flashvsr-q quantize``);
+- Evaluate: ``eval.degrade_video``, ``infer.upscale``, the ``eval`` metrics and ``eval.write_report``, in sequence
+  (a stopgap for the ``flashvsr-q eval`` runner, which does not exist yet).
 """
 
 from __future__ import annotations
