@@ -176,7 +176,7 @@ class TiledStreams:
             rows, cols = tile.slices
             if self.memory_plan.offload:
                 state_to(stream.state, self.device)
-            out = stream.step(lr[:, :, :, rows, cols].to(self.device))
+            out = stream.step(lr[:, :, :, rows, cols].contiguous().to(self.device))
             if self.memory_plan.offload:
                 state_to(stream.state, "cpu")
             frames = out.frames.to(self.canvas_device, torch.float32)

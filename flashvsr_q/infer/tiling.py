@@ -101,7 +101,8 @@ def parse_tile(text: str, scale: int = 4) -> TileSpec:
 
 
 def axis_tiles(length: int, max_size: int, overlap: int) -> list[tuple[int, int]]:
-    """Balanced (start, size) tiles covering ``[0, length)``: all the same size, on the grid, overlap >= ``overlap``.
+    """(start, size) tiles covering ``[0, length)`` with exactly ``overlap`` between neighbours: the fewest tiles of
+    at most ``max_size``, their sizes differing by at most one 128-px cell (so no pixel is computed needlessly).
 
     ``length``, ``max_size`` and ``overlap`` are multiples of 128. One tile when ``length <= max_size``.
     """
@@ -111,14 +112,18 @@ def axis_tiles(length: int, max_size: int, overlap: int) -> list[tuple[int, int]
     if ov >= max_cells:
         raise ValueError(f"overlap {overlap} px must be smaller than the tile ({max_size} px)")
     n = -(-(cells - ov) // (max_cells - ov))
-    size = -(-(cells + (n - 1) * ov) // n)  # smallest equal size with n * size - (n - 1) * ov >= cells
-    starts = [round(i * (cells - size) / (n - 1)) for i in range(n)]
-    return [(s * GRID, size * GRID) for s in starts]
+    total = cells + (n - 1) * ov  # cells computed; n * max_cells >= total by the choice of n
+    sizes = [total // n + (1 if i < total % n else 0) for i in range(n)]
+    tiles, start = [], 0
+    for size in sizes:
+        tiles.append((start * GRID, size * GRID))
+        start += size - ov
+    return tiles
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """Tiles over the padded frame, as a grid of row bands x column bands."""
+    """Tiles over the padded frame, as a grid of row bands x column bands (sizes may differ by one 128-px cell)."""
 
     height: int  # padded frame, output px
     width: int

@@ -18,9 +18,10 @@ def test_axis_tiles_cover_the_axis_on_the_grid(cells, tile_cells, overlap_cells)
     bands = axis_tiles(length, size, overlap)
     assert bands[0][0] == 0 and bands[-1][0] + bands[-1][1] == length
     for (s0, n0), (s1, _) in zip(bands, bands[1:]):
-        assert s0 < s1 <= s0 + n0 - overlap  # ordered, no gap, at least the asked overlap
+        assert s0 < s1 == s0 + n0 - overlap  # ordered, no gap, exactly the asked overlap
     for start, n in bands:
         assert start % GRID == 0 and n % GRID == 0 and n <= max(size, GRID)
+    assert max(n for _, n in bands) - min(n for _, n in bands) <= GRID  # balanced
     if length <= size:
         assert bands == [(0, length)]
 
