@@ -123,6 +123,7 @@ def test_preflight_and_cancelled_upscale(checkpoint, tmp_path):
     assert not (tmp_path / "out.mp4").exists()
 
 
+@pytest.mark.slow
 def test_upscale_and_comparison(checkpoint, tmp_path):
     clip = make_clip(tmp_path / "clip.mp4", frames=3, size=(32, 16))
     done = []
@@ -165,6 +166,7 @@ def test_metric_and_checkpoint_choices(checkpoint, tmp_path):
     assert values[0] == DEFAULT_CHOICE and str(checkpoint) in values and str(tmp_path) not in values
 
 
+@pytest.mark.slow
 def test_evaluation_compares_configurations(checkpoint, tmp_path):
     hr = make_clip(tmp_path / "hr.mp4", frames=3, size=(32, 16), audio=False)
     entries = [(str(checkpoint), None), (str(checkpoint), "int8-weight-only")]
