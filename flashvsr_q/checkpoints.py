@@ -41,18 +41,26 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 
 def load_checkpoint(
     path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu", variant: str = "v1.1",
+    device: torch.device | str = "cpu", variant: str = "v1.1", recipe: str | os.PathLike | None = None,
 ) -> FlashVSR:
-    """Load any checkpoint folder onto ``device``.
+    """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly.
 
     Args:
         path: folder; None means :func:`default_checkpoint`.
         dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
         variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1").
+        recipe: a shipped recipe name or a YAML path, applied after loading (``flashvsr-q upscale --recipe``);
+            recipes that need calibration statistics must go through ``flashvsr-q quantize`` instead.
     """
     path = Path(path) if path is not None else default_checkpoint()
     if checkpoint_kind(path) == "compressed":
         from flashvsr_q.quant.checkpoint import load_compressed
 
-        return load_compressed(path, dtype=dtype, device=device)
-    return load_official(path, variant=variant, dtype=dtype, device=device)
+        model = load_compressed(path, dtype=dtype, device=device)
+    else:
+        model = load_official(path, variant=variant, dtype=dtype, device=device)
+    if recipe is not None:
+        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+
+        quantize_model(model, resolve_plan(load_recipe(recipe), model, device=torch.device(device)))
+    return model
