@@ -12,7 +12,7 @@ The flow, top to bottom (every step can be printed or checked before the next on
     model = load_compressed("out/", dtype=torch.bfloat16, device="cuda")   # or flashvsr_q.checkpoints.load_checkpoint
 
     # an official folder, quantized layer by layer from the memory-mapped file (never two float copies in RAM):
-    model = quantize_official("FlashVSR-v1.1/", plan_or_recipe, dtype=torch.bfloat16, device="cpu")
+    model, plan = quantize_official("FlashVSR-v1.1/", plan_or_recipe, dtype=torch.bfloat16, device="cpu")
 
 Modules (each one concept):
 
@@ -26,7 +26,7 @@ Modules (each one concept):
   parameter-holding layer), ``RecipeError``.
 - ``ptq``: ``quantize_model``, ``quantize_official``.
 - ``stats``: the calibration hand-off types below (``LayerCalibration``, ``CalibrationStats``).
-- ``checkpoint``: ``save_compressed``, ``load_compressed``, ``read_manifest``, ``verify_checkpoint``.
+- ``checkpoint``: ``save_compressed``, ``load_compressed``, ``read_manifest``, ``verify_files``.
 - ``report``: ``inspect_checkpoint(path) -> dict`` and ``format_inspection`` (``flashvsr-q inspect``).
 - ``export``: ``export_fp8_official`` (official file layout, ComfyUI "scaled fp8" convention) and its reader.
 - ``measure``: file sizes and peak RSS of quantizing the official-size DiT (``python -m flashvsr_q.quant.measure``).

@@ -14,8 +14,8 @@ def dit_output(model: FlashVSR, seed: int = 0) -> torch.Tensor:
     including the cross-attention K/V of the prompt. Much cheaper than ``run_clip``."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
-    noise = torch.randn(1, cfg.latent_channels, 6, 16, 16, generator=g).to(model.dtype)
-    lq = torch.randn(1, 6 * 8 * 8, cfg.dim, generator=g).to(model.dtype)
+    noise = torch.randn(1, cfg.latent_channels, 6, 16, 16, generator=g).to(model.device, model.dtype)
+    lq = torch.randn(1, 6 * 8 * 8, cfg.dim, generator=g).to(model.device, model.dtype)
     return model.dit(noise, lq, model.conditioning(), model.dit.new_caches(3), 0, LCSASettings())
 
 

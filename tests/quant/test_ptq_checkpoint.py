@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from helpers import random_lr, random_model
+from helpers import random_lr, random_model, requires_cuda
 from quant.quant_helpers import dit_output, sqnr
 
 from flashvsr_q.checkpoints import load_checkpoint
@@ -259,3 +259,21 @@ def test_atomic_rename_only(tmp_path):
     finally:
         os.rename = real_rename
     assert len(seen) == 1 and seen[0][1] == "fp8" and seen[0][0].startswith(".fp8.")
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_recipe_round_trip_on_cuda(name, tmp_path):
+    recipe = load_recipe(name)
+    reasons = [r.scheme.unavailable("cuda") for r in recipe.rules if r.scheme.unavailable("cuda")]
+    if reasons:
+        pytest.skip(reasons[0])
+    model = bf16_model().cuda()
+    reference = dit_output(model)
+    plan = resolve_plan(recipe, model, "cuda")
+    calibration = fake_calibration(plan) if recipe.needs_calibration else None
+    quantize_model(model, plan, calibration)
+    out = dit_output(model)
+    assert sqnr(reference, out) > DIT_SQNR_FLOOR.get(name, 30)
+    save_compressed(model, tmp_path / "q", recipe, plan)
+    assert torch.equal(dit_output(load_compressed(tmp_path / "q", device="cuda")), out)
