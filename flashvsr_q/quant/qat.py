@@ -473,7 +473,7 @@ def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
             terms["ground_truth"] = dist(s, hr)
     if settings.latent:
         terms["latent"] = dist(student["latents"], teacher["latents"])
-    if settings.features:
+    if settings.features and student.get("features"):
         terms["features"] = torch.stack([F.mse_loss(a, b) / (b.pow(2).mean() + 1e-6) for a, b in
                                          zip(student["features"], teacher["features"], strict=True)]).mean()
     terms["loss"] = sum(weights[k] * v for k, v in terms.items())

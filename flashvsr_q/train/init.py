@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from flashvsr_q.model.configs import DECODER_COND_CHANNELS, SPATIAL_DOWN, TEMPORAL_DOWN
+from flashvsr_q.model.configs import SPATIAL_DOWN, TEMPORAL_DOWN
 from flashvsr_q.model.tc_decoder import MemBlock, TCDecoder, TGrow
 
 OFFSET = 1.0  # keeps the carried image (in [-1, 1]) positive through the ReLUs
@@ -50,7 +50,6 @@ def _designed(conv: nn.Conv2d, rows: list[int]) -> torch.Tensor:
 def init_decoder_as_upscaler(decoder: TCDecoder, dormant_scale: float = 0.1, sharpen: float = 1.0) -> None:
     """Set ``decoder`` (any widths with c0 >= 48, c1 >= 13, c2 >= 7, c3 >= 4) to the designed upscaler."""
     layers = decoder.decoder
-    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
     for m in layers.modules():
         if isinstance(m, nn.Conv2d):
             m.weight.mul_(dormant_scale)
@@ -59,7 +58,6 @@ def init_decoder_as_upscaler(decoder: TCDecoder, dormant_scale: float = 0.1, sha
     c0 = layers[1].out_channels
     if c0 < 48 or layers[10].out_channels < 13 or layers[16].out_channels < 7 or layers[22].out_channels < 4:
         raise ValueError("decoder too narrow for the upscaler initialisation")
-    del convs
     frames, colours = TEMPORAL_DOWN, 3
     # stage 0: quadrant means of the LR conditioning, frame-major: channel = (frame * 3 + colour) * 4 + quadrant
     q_index = lambda f, c, qy, qx: (f * colours + c) * 4 + qy * 2 + qx  # noqa: E731
@@ -161,5 +159,3 @@ def _identity_tgrow(tgrow: TGrow, channels: list[int]) -> None:
     for j in channels:
         w[j, j, 0, 0] = 1.0
 
-
-assert DECODER_COND_CHANNELS == 3 * TEMPORAL_DOWN * SPATIAL_DOWN * SPATIAL_DOWN

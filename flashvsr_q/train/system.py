@@ -14,7 +14,8 @@ import torch
 
 from flashvsr_q.attention import LCSASettings
 from flashvsr_q.model import FlashVSR
-from flashvsr_q.train.forward import conditioning_with_grad, forward_first_chunk, trainable_groups
+from flashvsr_q.model.streaming import FlashVSRStream, tensor_noise
+from flashvsr_q.train.forward import conditioning_with_grad, decode_parallel, forward_first_chunk, trainable_groups
 from flashvsr_q.train.recipe import LossSettings, OptimSettings
 
 
@@ -73,9 +74,6 @@ class FlashVSRTrainingSystem(L.LightningModule):
         if not decoder_only:
             return forward_first_chunk(self.model, batch["lr"], batch["noise"], cond, self.lcsa)
         # decoder warm-up: the DiT/LQ path runs without autograd, only the decoder is differentiated
-        from flashvsr_q.model.streaming import FlashVSRStream, tensor_noise
-        from flashvsr_q.train.forward import decode_parallel
-
         with torch.no_grad():
             out = FlashVSRStream(self.model, tensor_noise(batch["noise"]), self.lcsa, cond, decode=False).step(
                 batch["lr"])
