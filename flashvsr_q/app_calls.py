@@ -219,7 +219,8 @@ def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, option
                     say: Callable[[str], None] = log.info):
     """What ``flashvsr-q calibrate --footage FILES... --recipe R --sensitivity SCHEME`` does: ``calibrate`` on clips
     cut from the footage (``FootageClips``), SmoothQuant factors for the layers the recipe smooths
-    (``smoothing_from_recipe``; the alpha box overrides the recipe's), statistics saved as ``stats.safetensors``;
+    (``smoothing_from_recipe``, with the recipe's per-layer overrides; the alpha box overrides the recipe's
+    default alpha), statistics saved as ``stats.safetensors``;
     then, with a scheme, ``analyze_sensitivity`` on the first two clips and ``write_report`` into ``out_dir``.
 
     Returns (stats path, sensitivity plot path or None, sensitivity Markdown or a one-line summary).
@@ -235,15 +236,17 @@ def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, option
     clips = FootageClips(files, clips=options.clips, frames=options.frames, size=(options.size, options.size),
                          lr_input=options.lr_input)
     model = _float_model(choice, say)
-    smooth_layers, alpha = DIT_BLOCK_LINEARS, None
+    smooth_layers, alpha, overrides = DIT_BLOCK_LINEARS, None, {}
     if recipe_text:
         from flashvsr_q.quant import parse_recipe
 
         recipe = parse_recipe(recipe_text, "editor")
         if recipe.smoothquant:
             smooth_layers, alpha = smoothing_from_recipe(recipe, model)
+            overrides = recipe.alpha_overrides
     alpha = options.alpha if options.alpha is not None else alpha
-    config = CalibrationConfig(observer=options.observer, alpha=alpha, smooth_layers=smooth_layers)
+    config = CalibrationConfig(observer=options.observer, alpha=alpha, alpha_overrides=overrides,
+                               smooth_layers=smooth_layers)
     progress = cancellable(lambda name, i: report and report(i + 1, options.clips, f"calibration: {name}", "clips"),
                            cancel)
     stats = calibrate(model, clips, config, progress=progress)

@@ -490,7 +490,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", action="append", default=[], metavar="PATTERN=ALPHA", help="per-layer alpha: "
                         "first full regex match wins (e.g. 'dit\\.blocks\\.\\d+\\.ffn\\.2=0.75'); repeatable")
     parser.add_argument("--recipe", default=None, help="smooth exactly the layers this recipe quantizes with a "
-                        "scheme that takes SmoothQuant factors; its smoothquant alpha is the default")
+                        "scheme that takes SmoothQuant factors; its smoothquant alpha and overrides are the default")
     parser.add_argument("--sensitivity", metavar="SCHEME", default=None, help="also rank layer sensitivity under "
                         "SCHEME on the first --sensitivity-clips clips")
     parser.add_argument("--sensitivity-clips", type=int, default=2, help="clips for the sensitivity run (default 2)")
@@ -517,15 +517,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise FlashVSRError(f"{output} is a folder; --output is the statistics file")
     settings = _settings(args, "calibrate", ("footage", "clips", "frames", "size", "lr", "seed", "hash", "observer",
                                              "percentile", "smoothquant_alpha", "alpha"))
-    overrides = parse_alpha_overrides(args.alpha) if args.alpha else settings.get("alpha", {})
     scheme = _scheme(args.sensitivity, args.option) if args.sensitivity else None
     clips = _clips(settings)
     model = _calibration_model(args)
-    smooth_layers, alpha = DIT_BLOCK_LINEARS, None
-    if args.recipe:
+    smooth_layers, alpha, overrides = DIT_BLOCK_LINEARS, None, {}
+    if args.recipe:  # the recipe's alpha and per-layer overrides, unless flags or the set file say otherwise
         from flashvsr_q.quant.recipes import load_recipe
 
-        smooth_layers, alpha = smoothing_from_recipe(load_recipe(args.recipe), model)
+        recipe = load_recipe(args.recipe)
+        smooth_layers, alpha = smoothing_from_recipe(recipe, model)
+        overrides = recipe.alpha_overrides
+    overrides = parse_alpha_overrides(args.alpha) if args.alpha else settings.get("alpha", overrides)
     alpha = settings.get("smoothquant_alpha", alpha)
     if overrides and alpha is None:
         raise FlashVSRError("--alpha overrides need SmoothQuant: give --smoothquant-alpha (or a smoothquant recipe)")

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.model import FlashVSR, infer_config
 from flashvsr_q.model.loading import OFFICIAL_FILES
+from flashvsr_q.quant.calibration import observer_absmax
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, model_layers, resolve_plan
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
 
@@ -54,8 +55,13 @@ _release_freed_memory = _libc_malloc_trim()
 def layer_calibration(plan: QuantPlan, calibration: CalibrationStats | None) -> dict[str, LayerCalibration]:
     """The statistics each planned layer will receive; raises RecipeError if the recipe needs what is missing.
 
-    Smoothing factors are passed only when the recipe declares ``smoothquant:``; static schemes get the
-    per-layer input abs-max. Other schemes get nothing (dynamic or weight-only quantization needs no data).
+    Smoothing factors are passed only when the recipe declares ``smoothquant:``; when the file records the alpha
+    of each layer (``meta["alpha_per_layer"]``), it must be the recipe's (``smoothquant.alpha`` or the first
+    matching ``smoothquant.overrides`` pattern), since the manifest records the recipe. The per-channel input abs-max
+    handed on is clipped to the range the calibration's observer chose (:func:`~flashvsr_q.quant.calibration.
+    observer_absmax`: of ``x / s`` when smoothing is applied, of ``x`` otherwise), so a static scheme's
+    ``static_scale()`` is the percentile / MSE / min-max range of the statistics file, not always the max.
+    Other schemes get nothing (dynamic or weight-only quantization needs no data).
     """
     recipe = plan.recipe
     if calibration is None:
@@ -63,7 +69,8 @@ def layer_calibration(plan: QuantPlan, calibration: CalibrationStats | None) -> 
             raise RecipeError(f"recipe {recipe.name} needs calibration statistics: run `flashvsr-q calibrate` "
                               f"and pass the result with --calibration (calibration=CalibrationStats)")
         return {}
-    out, missing, bad = {}, [], []
+    out, missing, bad, other_alpha = {}, [], [], []
+    recorded_alpha = calibration.meta.get("alpha_per_layer") or {}
     for fqn, layer in plan.quantized.items():
         scheme = layer.scheme
         wants_smoothing = recipe.smoothquant is not None and scheme.supports_smoothing
@@ -80,10 +87,15 @@ def layer_calibration(plan: QuantPlan, calibration: CalibrationStats | None) -> 
         if not shapes_ok:
             bad.append(f"{fqn} (in_features {in_features})")
             continue
-        out[fqn] = LayerCalibration(stats.input_absmax, stats.smoothing if wants_smoothing else None,
-                                    stats.num_samples)
+        wanted = recipe.smoothquant_alpha(fqn)
+        if wants_smoothing and fqn in recorded_alpha and abs(float(recorded_alpha[fqn]) - wanted) > 1e-9:
+            other_alpha.append(f"{fqn} (statistics {float(recorded_alpha[fqn]):g}, recipe {wanted:g})")
+            continue
+        out[fqn] = LayerCalibration(observer_absmax(calibration, fqn, wants_smoothing),
+                                    stats.smoothing if wants_smoothing else None, stats.num_samples)
     what = "activation statistics" + (" with smoothing factors" if recipe.smoothquant is not None else "")
-    for label, items in (("missing", missing), ("of the wrong shape", bad)):
+    for label, items in (("missing", missing), ("of the wrong shape", bad),
+                         ("computed with another SmoothQuant alpha (calibrate with --recipe)", other_alpha)):
         if items:
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
             raise RecipeError(f"recipe {recipe.name}: {what} {label} for {len(items)} layer(s): "

@@ -6,7 +6,8 @@
     gpu: any CUDA GPU or CPU
     expected_memory: {dit_gb: 1.45}
     calibration: none                 # none | optional | required
-    smoothquant: null                 # {alpha: 0.5}: needs calibration statistics with smoothing factors
+    smoothquant: null                 # {alpha: 0.5}: needs calibration statistics with smoothing factors;
+                                      # {alpha: 0.5, overrides: {'dit\\.blocks\\.\\d+\\.ffn\\.2': 0.75}}: per layer
     keep:                             # stays in the compute dtype; checked first
       - dit\\.patch_embedding
       - ...
@@ -32,6 +33,7 @@ import yaml
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.quant.schemes import SCHEMES, Scheme, get_scheme
+from flashvsr_q.quant.smoothquant import alpha_for
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 CALIBRATION_MODES = ("none", "optional", "required")
@@ -68,6 +70,18 @@ class Recipe:
     @property
     def needs_calibration(self) -> bool:
         return self.calibration == "required"
+
+    @property
+    def alpha_overrides(self) -> dict[str, float]:
+        """``smoothquant.overrides``: regex -> alpha, in recipe order (first full match wins); {} without any."""
+        return dict((self.smoothquant or {}).get("overrides") or {})
+
+    def smoothquant_alpha(self, fqn: str) -> float | None:
+        """The SmoothQuant alpha of layer ``fqn``: its first matching override, else ``smoothquant.alpha``;
+        None when the recipe declares no SmoothQuant."""
+        if self.smoothquant is None:
+            return None
+        return alpha_for(fqn, self.smoothquant["alpha"], self.alpha_overrides)
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -130,11 +144,20 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
         raise fail(f"calibration: must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
     smoothquant = data.get("smoothquant")
     if smoothquant is not None:
-        if not isinstance(smoothquant, dict) or set(smoothquant) - {"alpha"}:
-            raise fail("smoothquant: must be a mapping with an optional alpha (e.g. {alpha: 0.5})")
+        if not isinstance(smoothquant, dict) or set(smoothquant) - {"alpha", "overrides"}:
+            raise fail("smoothquant: must be a mapping with an optional alpha and per-layer overrides "
+                       "(e.g. {alpha: 0.5, overrides: {'dit\\.blocks\\.\\d+\\.ffn\\.2': 0.75}})")
         alpha = smoothquant.setdefault("alpha", 0.5)
-        if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise fail(f"smoothquant.alpha must be in [0, 1], got {alpha!r}")
+        overrides = smoothquant.setdefault("overrides", {}) or {}
+        if not isinstance(overrides, dict):
+            raise fail("smoothquant.overrides: must be a mapping {layer regex: alpha}")
+        smoothquant["overrides"] = overrides
+        for where, value in [("smoothquant.alpha", alpha)] + [
+                (f"smoothquant.overrides '{p}'", v) for p, v in overrides.items()]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise fail(f"{where} must be in [0, 1], got {value!r}")
+        for pattern in overrides:
+            _compile(pattern, fail)
         if calibration != "required":
             raise fail("smoothquant needs calibration statistics: set calibration: required")
 
@@ -286,6 +309,11 @@ def resolve_plan(recipe: Recipe, model: nn.Module, device: torch.device | str = 
         more = f" and {len(unclaimed) - 5} more" if len(unclaimed) > 5 else ""
         raise fail(f"{len(unclaimed)} layer(s) neither kept nor quantized: {', '.join(unclaimed[:5])}{more} "
                    f"(add them to keep: or to a rule)")
+    smoothed = [fqn for fqn, p in claimed.items() if p.scheme is not None and p.scheme.supports_smoothing]
+    for pattern in recipe.alpha_overrides:
+        if not any(re.fullmatch(pattern, fqn) for fqn in smoothed):
+            raise fail(f"smoothquant.overrides pattern '{pattern}' matches no layer that is smoothed "
+                       f"(smoothed layers look like {', '.join(smoothed[:2]) or 'none'}, ...)")
     for scheme in {p.scheme.label(): p.scheme for p in claimed.values() if p.scheme}.values():
         scheme.require(device)
     ordered = {fqn: claimed[fqn] for fqn in layers}

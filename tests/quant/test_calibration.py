@@ -429,3 +429,118 @@ def test_footage_clips_from_a_saved_dataset(tmp_path):
     assert [c.record["source"]["row"] for c in got] == [0, 1] and got[0].record["source"]["fingerprint"]
     again = FootageClips([f"hf:{tmp_path / 'ds'}"], clips=2, frames=33, size=(128, 128), lr_input=True)
     assert calibration_set_hash(c.record for c in again) == calibration_set_hash(c.record for c in got)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PTQ takes the observer's range and the recipe's per-layer alpha
+# ---------------------------------------------------------------------------------------------------------------
+
+STATIC_RECIPE = """kind: quantization
+name: one-static-layer
+description: one w8a8_int8_static linear
+gpu: any
+expected_memory: {dit_gb: null}
+calibration: required
+keep: []
+rules:
+  - {pattern: 'lin', scheme: w8a8_int8_static, options: {granularity: per_row}}
+"""
+
+
+class OneLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def observed_stats(x: torch.Tensor, observer, path) -> CalibrationStats:
+    """A statistics file for layer ``lin`` with ``observer``'s per-tensor range of ``x``, saved and read back."""
+    layer = LayerObserver(x.shape[-1], observer)
+    for part in x.split(512, dim=1):
+        layer.update(part, "first")
+    stats = CalibrationStats({"lin": LayerCalibration(layer.channel_absmax.clone(), None, layer.tokens)},
+                             meta={**observer.settings(), "act_clip": {"lin": observer.clip()}})
+    return CalibrationStats.load(stats.save(path))
+
+
+def test_quantize_model_takes_the_percentile_observer_range(tmp_path):
+    """A percentile statistics file reaches the static scale through ``quantize_model``: smaller than min-max on
+    an outlier-heavy activation, and better on the ordinary tokens."""
+    from flashvsr_q.quant import parse_recipe, quantize_model, resolve_plan
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4096, 64, generator=g)
+    rare = torch.randperm(x.numel(), generator=g)[:20]  # 0.008 % of the values, 60-100x the typical magnitude
+    x.view(-1)[rare] = (torch.rand(20, generator=g) * 40 + 60) * torch.sign(torch.randn(20, generator=g))
+    model = OneLinear()
+    reference = model(x).detach()
+    plan = resolve_plan(parse_recipe(STATIC_RECIPE), model, "cpu")
+
+    scales, outputs = {}, {}
+    for name, observer in (("minmax", MinMaxObserver()), ("percentile", PercentileObserver(99.9))):
+        stats = observed_stats(x, observer, tmp_path / f"{name}.safetensors")
+        quantized = quantize_model(copy.deepcopy(model), plan, stats)
+        scales[name] = quantized.lin.weight.act_quant_scale.flatten()
+        assert torch.allclose(scales[name], static_scale(stats, "lin").flatten(), rtol=1e-6)
+        with torch.no_grad():
+            outputs[name] = quantized(x)
+    assert torch.allclose(scales["minmax"], x.abs().max() / 127, rtol=1e-6)
+    assert scales["percentile"] < scales["minmax"] / 10  # the clip ignores the rare outliers
+    ordinary = ~(x.abs() > 10).any(dim=-1)  # tokens without an outlier
+    assert sqnr(reference[ordinary], outputs["percentile"][ordinary]) > sqnr(reference[ordinary],
+                                                                              outputs["minmax"][ordinary]) + 10
+
+
+def smoothquant_recipe(overrides: str) -> str:
+    shipped = (RECIPES_DIR / "w8a8-int8-smoothquant.yaml").read_text()
+    assert "smoothquant: {alpha: 0.5}\n" in shipped
+    return shipped.replace("smoothquant: {alpha: 0.5}\n", f"smoothquant: {{alpha: 0.5, overrides: {overrides}}}\n")
+
+
+def test_recipe_alpha_overrides_reach_calibration_and_are_checked_by_ptq():
+    from flashvsr_q.quant import RecipeError, parse_recipe, quantize_model, resolve_plan
+
+    recipe = parse_recipe(smoothquant_recipe(r"{'dit\.blocks\.\d+\.ffn\.2': 0.8, 'dit\.blocks\.0\..*': 0.3}"))
+    assert recipe.smoothquant_alpha("dit.blocks.1.ffn.2") == 0.8
+    assert recipe.smoothquant_alpha("dit.blocks.0.ffn.2") == 0.8  # first match wins
+    assert recipe.smoothquant_alpha("dit.blocks.0.ffn.0") == 0.3
+    assert recipe.smoothquant_alpha("dit.blocks.1.self_attn.q") == 0.5
+    model = random_model("test")
+    clips = TensorClips([random_lr(33, seed=7)])
+    plan = resolve_plan(recipe, model, "cpu")
+    stats = calibrate(model, clips, CalibrationConfig(alpha=0.5, alpha_overrides=recipe.alpha_overrides))
+    for fqn in plan.quantized:
+        assert stats.meta["alpha_per_layer"][fqn] == recipe.smoothquant_alpha(fqn)
+        entry = stats.layers[fqn]
+        expected = smoothing_factors(entry.input_absmax, model.get_submodule(fqn).weight,
+                                     recipe.smoothquant_alpha(fqn))
+        assert torch.equal(entry.smoothing, expected)
+    quantized = quantize_model(copy.deepcopy(model), plan, stats)
+    fqn = "dit.blocks.1.ffn.2"
+    assert torch.allclose(quantized.get_submodule(fqn).weight.act_pre_scale.float(),
+                          stats.layers[fqn].smoothing.reciprocal(), rtol=1e-2)
+
+    # statistics made with one alpha everywhere do not match this recipe: refused before any weight changes
+    uniform = calibrate(model, clips, CalibrationConfig(alpha=0.5))
+    untouched = copy.deepcopy(model)
+    with pytest.raises(RecipeError, match=r"another SmoothQuant alpha .* dit\.blocks\.0\.self_attn\.q "
+                                          r"\(statistics 0\.5, recipe 0\.3\)"):
+        quantize_model(untouched, plan, uniform)
+    assert type(untouched.get_submodule(fqn).weight) is nn.Parameter
+    assert type(untouched.get_submodule(fqn).weight.data) is torch.Tensor
+
+
+def test_cli_calibrate_takes_the_recipe_alpha_overrides(tmp_path, checkpoint_and_clip):
+    ckpt, clip = checkpoint_and_clip
+    recipe = tmp_path / "sq.yaml"
+    recipe.write_text(smoothquant_recipe(r"{'dit\.blocks\.\d+\.ffn\.2': 0.75}"))
+    out = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--footage", str(clip), "-o", str(out), "--clips", "1",
+                 "--frames", "33", "--size", "128x128", "--recipe", str(recipe), "--device", "cpu"]) == 0
+    alphas = CalibrationStats.load(out).meta["alpha_per_layer"]
+    assert alphas["dit.blocks.1.ffn.2"] == 0.75 and alphas["dit.blocks.1.ffn.0"] == 0.5 and len(alphas) == 20
+    assert main(["quantize", "--recipe", str(recipe), "--checkpoint", str(ckpt), "-o", str(tmp_path / "q"),
+                 "--calibration", str(out), "--dtype", "fp32", "--quiet"]) == 0

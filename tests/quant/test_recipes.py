@@ -130,6 +130,16 @@ FFN = r"dit\.blocks\.\d+\.ffn\.(0|2)"
     (f"  - {{pattern: '{FFN}', scheme: nf4}}\n", "calibration: required\nsmoothquant: {alpha: 0.5}\n", KEEP,
      ["scheme nf4 cannot apply SmoothQuant factors"]),
     (BLOCK_RULES, "smoothquant: {alpha: 2}\ncalibration: required\n", KEEP, ["alpha must be in [0, 1]"]),
+    (BLOCK_RULES, "smoothquant: {alpha: 0.5, overrides: {'dit\\.blocks\\.0\\..*': 1.5}}\ncalibration: required\n",
+     KEEP, [r"smoothquant.overrides 'dit\.blocks\.0\..*' must be in [0, 1], got 1.5"]),
+    (BLOCK_RULES, "smoothquant: {alpha: 0.5, overrides: [0.8]}\ncalibration: required\n", KEEP,
+     ["smoothquant.overrides: must be a mapping"]),
+    (BLOCK_RULES, "smoothquant: {alpha: 0.5, overrides: {'dit\\.(': 0.8}}\ncalibration: required\n", KEEP,
+     ["invalid regex"]),
+    (BLOCK_RULES, "smoothquant: {alpha: 0.5, overrides: {'lq_proj\\..*': 0.8}}\ncalibration: required\n", KEEP,
+     [r"smoothquant.overrides pattern 'lq_proj\..*' matches no layer that is smoothed"]),
+    (BLOCK_RULES, "smoothquant: {alpha: 0.5, beta: 1}\ncalibration: required\n", KEEP,
+     ["smoothquant: must be a mapping with an optional alpha and per-layer overrides"]),
     (BLOCK_RULES, "bits: 4\n", KEEP, ["unknown field bits"]),
 ])
 def test_invalid_recipes_are_rejected_with_the_reason(rules, extra, keep, fragments):
