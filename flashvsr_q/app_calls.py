@@ -90,7 +90,7 @@ MODELS = ModelCache()
 def load_model(choice: ModelChoice, say: Callable[[str], None] = log.info):
     """``load_checkpoint``, then the recipe applied on the fly (``resolve_plan`` + ``quantize_model``)."""
     from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+    from flashvsr_q.infer import resolve_device, resolve_dtype
 
     device = resolve_device(choice.device)
     dtype = resolve_dtype(choice.dtype, device)
@@ -127,22 +127,17 @@ class UpscaleOptions:
 
 def preflight(input_path: str | os.PathLike, choice: ModelChoice, options: UpscaleOptions,
               say: Callable[[str], None] = log.info) -> str:
-    """The plan ``upscale`` would run with and its estimated peak device memory, without running it."""
-    from flashvsr_q.infer.memory import device_budget
-    from flashvsr_q.infer.pipeline import UpscaleSettings, plan_memory
-    from flashvsr_q.infer.tiling import Geometry
-    from flashvsr_q.infer.video_io import open_source
+    """The plan ``upscale`` would run with and its estimated peak device memory, without running it
+    (``flashvsr_q.infer.preflight``; ``flashvsr-q upscale --dry-run``)."""
+    from flashvsr_q.infer import preflight as plan
 
-    source = open_source(input_path)
     model = MODELS.get(choice, say)
-    backend = model.set_attention(options.attention, model.device)
-    settings = UpscaleSettings(options.scale, options.color_fix, options.seed)
-    geometry = Geometry(source.width, source.height, options.scale)
-    budget = options.vram if options.vram is not None else device_budget(model.device)
-    plan = plan_memory(model, geometry, options.tile, budget, settings)
-    return (f"{source.width}x{source.height} -> {geometry.out_width}x{geometry.out_height}, {source.num_frames} "
-            f"frame(s); model {model.config.name} {str(model.dtype).removeprefix('torch.')} on {model.device}, "
-            f"attention {backend.name}\n{plan.describe()}")
+    reports = plan(input_path, model=model, scale=options.scale, tile=options.tile, vram=options.vram,
+                   attention=options.attention, color_fix=options.color_fix, log=say)
+    return "\n\n".join(
+        f"{r.source.width}x{r.source.height} -> {r.geometry.out_width}x{r.geometry.out_height}, "
+        f"{r.source.num_frames} frame(s); model {r.model} {r.dtype} on {r.device}, attention {r.backend}\n"
+        f"{r.memory.describe()}" for r in reports)
 
 
 def run_upscale(input_path: str | os.PathLike, output_path: str | os.PathLike, choice: ModelChoice,
@@ -296,7 +291,7 @@ def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: 
     the plan on a meta skeleton, ``quantize_official`` layer by layer, ``save_compressed``; returns the
     ``flashvsr-q inspect`` text of the new checkpoint."""
     from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+    from flashvsr_q.infer import resolve_device, resolve_dtype
     from flashvsr_q.model import FlashVSR, infer_config
     from flashvsr_q.quant import CalibrationStats, parse_recipe, quantize_official, resolve_plan, save_compressed
     from flashvsr_q.quant.report import format_inspection, inspect_checkpoint

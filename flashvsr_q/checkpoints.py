@@ -3,17 +3,23 @@
     model = load_checkpoint()                         # $FLASHVSR_Q_CHECKPOINT, else the shipped small model
     model = load_checkpoint("FlashVSR-v1.1/")         # official files, unchanged
     model = load_checkpoint("int8/")                  # manifest.json + safetensors written by `flashvsr-q quantize`
+    model = load_checkpoint("FlashVSR-v1/", variant="v1", recipe="int8-weight-only")   # quantized while loading
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from flashvsr_q.errors import CheckpointError
-from flashvsr_q.model import FlashVSR, is_official_layout, load_official
+from flashvsr_q.errors import CheckpointError, FlashVSRError
+from flashvsr_q.model import FlashVSR, infer_config, is_official_layout, load_official
+
+if TYPE_CHECKING:
+    from flashvsr_q.quant import QuantPlan
 
 ENV_CHECKPOINT = "FLASHVSR_Q_CHECKPOINT"
 SHIPPED_SMALL = Path(__file__).resolve().parent.parent / "checkpoints" / "flashvsr-small"
@@ -41,26 +47,62 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 
 def load_checkpoint(
     path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu", variant: str = "v1.1", recipe: str | os.PathLike | None = None,
+    device: torch.device | str = "cpu", variant: str = "v1.1", recipe=None, calibration=None,
+    on_plan: Callable[[QuantPlan], None] | None = None,
 ) -> FlashVSR:
     """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly.
 
     Args:
         path: folder; None means :func:`default_checkpoint`.
         dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
-        variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1").
-        recipe: a shipped recipe name or a YAML path, applied after loading (``flashvsr-q upscale --recipe``);
-            recipes that need calibration statistics must go through ``flashvsr-q quantize`` instead.
+        variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"); folders that
+            record their architecture (a compressed manifest, a config sidecar) use what they record.
+        recipe: a shipped recipe name, a YAML path or a ``Recipe`` (``flashvsr-q upscale --recipe``). An official
+            folder is then read layer by layer and each planned layer quantized as it arrives, as
+            ``flashvsr-q quantize`` does (never a float copy of the whole model); a compressed one is loaded, then
+            its float layers quantized.
+        calibration: ``CalibrationStats`` or the path of a statistics file (``flashvsr-q calibrate``), for recipes
+            with static activation scales or SmoothQuant.
+        on_plan: called with the resolved per-layer plan before any weight is quantized.
+    Raises:
+        CheckpointError: a missing, unreadable or mismatched folder. RecipeError / BackendUnavailable: a recipe that
+        does not fit the model or the device, or needs statistics that were not given.
     """
     path = Path(path) if path is not None else default_checkpoint()
-    if checkpoint_kind(path) == "compressed":
-        from flashvsr_q.quant.checkpoint import load_compressed
+    kind = checkpoint_kind(path)
+    if recipe is None:
+        if calibration is not None:
+            raise FlashVSRError("calibration statistics are only used together with a recipe")
+        if kind == "compressed":
+            from flashvsr_q.quant.checkpoint import load_compressed
 
-        model = load_compressed(path, dtype=dtype, device=device)
-    else:
-        model = load_official(path, variant=variant, dtype=dtype, device=device)
-    if recipe is not None:
-        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+            return load_compressed(path, dtype=dtype, device=device)
+        return load_official(path, variant=variant, dtype=dtype, device=device)
 
-        quantize_model(model, resolve_plan(load_recipe(recipe), model, device=torch.device(device)))
-    return model
+    from flashvsr_q.quant import (
+        CalibrationStats,
+        Recipe,
+        load_compressed,
+        load_recipe,
+        quantize_model,
+        quantize_official,
+        resolve_plan,
+    )
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if calibration is not None and not isinstance(calibration, CalibrationStats):
+        calibration = CalibrationStats.load(calibration)
+    if kind == "official":
+        with torch.device("meta"):
+            skeleton = FlashVSR(infer_config(path, variant))
+        plan = resolve_plan(recipe, skeleton, device)
+        if on_plan is not None:
+            on_plan(plan)
+        model, _ = quantize_official(path, plan, dtype=dtype, device=device, calibration=calibration,
+                                     variant=variant)
+        return model
+    model = load_compressed(path, dtype=dtype, device=device)
+    plan = resolve_plan(recipe, model, device)
+    if on_plan is not None:
+        on_plan(plan)
+    return quantize_model(model, plan, calibration)

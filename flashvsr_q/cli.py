@@ -63,6 +63,13 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output of the same kind: video file (.mp4/.mkv/.mov), image, or folder")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder (default: $FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--recipe", default=None, help="quantize while loading with this recipe: a shipped name "
+                        "(int8-weight-only, w8a8-int8, fp8-storage, nf4, ...) or a YAML file; the memory plan "
+                        "counts the quantized weights")
+    parser.add_argument("--variant", default=None, choices=("v1", "v1.1"), help="LQ projection of an official "
+                        "folder (its files cannot tell; default v1.1); folders that record theirs must agree")
+    parser.add_argument("--calibration", default=None, help="activation statistics from `flashvsr-q calibrate`, "
+                        "for --recipe with static scales or SmoothQuant")
     parser.add_argument("--scale", type=int, default=4, help="integer scale 1..8 (default 4, what FlashVSR is "
                         "trained for)")
     parser.add_argument("--tile", default="auto", help="auto (fit --vram), off, or SIZExOVERLAP in input pixels, "
@@ -88,20 +95,32 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model, "
                         "options)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--dry-run", action="store_true", help="run every check, load the model and print the "
+                        "pre-flight report (tiling, estimated peak memory) on stdout, then stop")
+    parser.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as JSON on "
+                        "stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or pre-flight report")
 
 
 def run_upscale(args: argparse.Namespace) -> int:
+    from flashvsr_q.infer import preflight, upscale
     from flashvsr_q.infer.progress import summaries_json
-    from flashvsr_q.infer.runner import upscale
 
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    result = upscale(args.input, args.output, checkpoint=args.checkpoint, scale=args.scale, tile=args.tile,
-                     vram=args.vram, attention=args.attention, color_fix=args.color_fix, dtype=args.dtype,
-                     device=args.device, seed=args.seed, codec=args.codec, crf=args.crf, preset=args.preset,
-                     pix_fmt=args.pix_fmt, audio=not args.no_audio, resume=args.resume, overwrite=args.overwrite,
-                     segment_frames=args.segment_frames, show_progress=not (args.quiet or args.json), log=log)
+    common = dict(checkpoint=args.checkpoint, recipe=args.recipe, variant=args.variant, calibration=args.calibration,
+                  scale=args.scale, tile=args.tile, vram=args.vram, attention=args.attention,
+                  color_fix=args.color_fix, dtype=args.dtype, device=args.device, resume=args.resume,
+                  overwrite=args.overwrite, log=log)
+    if args.dry_run:
+        import json
+
+        reports = preflight(args.input, args.output, **common)
+        print(json.dumps([r.to_dict() for r in reports], indent=1) if args.json
+              else "\n\n".join(r.describe() for r in reports) or f"{args.output}: already complete, nothing to do")
+        return 0
+    result = upscale(args.input, args.output, seed=args.seed, codec=args.codec, crf=args.crf, preset=args.preset,
+                     pix_fmt=args.pix_fmt, audio=not args.no_audio, segment_frames=args.segment_frames,
+                     show_progress=not (args.quiet or args.json), **common)
     summaries = [] if result is None else result if isinstance(result, list) else [result]
     if args.json:
         print(summaries_json(summaries) if summaries else "[]")
@@ -438,7 +457,7 @@ def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _calibration_model(args: argparse.Namespace):
     from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
+    from flashvsr_q.infer import resolve_device, resolve_dtype
 
     source = args.checkpoint or default_checkpoint()
     if checkpoint_kind(source) != "official":

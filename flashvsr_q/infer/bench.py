@@ -110,10 +110,10 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
 
 def run_config(cfg: BenchConfig) -> dict:
     """Run one configuration in this process and measure it."""
+    from flashvsr_q.infer import resolve_device, resolve_dtype
     from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
     from flashvsr_q.infer.pipeline import upscale_frames
     from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

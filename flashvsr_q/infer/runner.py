@@ -1,4 +1,4 @@
-"""Upscaling files and folders: input checks, the pre-flight report, segments, resume, OOM fallback, summary.
+"""Upscaling files and folders: jobs, segments, resume, OOM fallback, summary (the checks before: ``checks``).
 
     video file -> video file      (segments + remux; audio and subtitles copied; timestamps kept)
     image      -> image
@@ -13,23 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from flashvsr_q.attention import LCSASettings
-from flashvsr_q.errors import BackendUnavailable, FlashVSRError
+from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.infer.checks import (
+    DTYPES,
+    Job,
+    Log,
+    Preflight,
+    load_model,
+    log_stderr,
+    plan_jobs,
+    prepare,
+    resolve_device,
+    resolve_dtype,
+)
 from flashvsr_q.infer.memory import (
     MemoryPlan,
     device_budget,
     estimate,
     is_oom,
     module_bytes,
-    parse_bytes,
     peak_device_memory,
 )
 from flashvsr_q.infer.pipeline import (
@@ -51,131 +60,18 @@ from flashvsr_q.infer.resume import (
     save_states,
     source_fingerprint,
 )
-from flashvsr_q.infer.segments import OUTPUT_FORMATS, EncoderSettings, SegmentedWriter
-from flashvsr_q.infer.tiling import Geometry, TilePlan, parse_tile
-from flashvsr_q.infer.video_io import (
-    IMAGE_EXTENSIONS,
-    FrameSource,
-    ImageFolderWriter,
-    list_images,
-    list_videos,
-    open_source,
-    write_image,
-)
+from flashvsr_q.infer.segments import EncoderSettings, SegmentedWriter
+from flashvsr_q.infer.tiling import Geometry, TilePlan
+from flashvsr_q.infer.video_io import ImageFolderWriter, write_image
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
 
 DEFAULT_SEGMENT_FRAMES = 480  # output frames between resume snapshots (rounded to whole chunks of 8)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-BATCH_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")  # other containers become .mp4 in batch mode
 
-
-def _log_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Job:
-    source: FrameSource
-    output: Path
-    kind: str  # "video" | "image" | "image_folder"
-
-    @property
-    def work_dir(self) -> Path | None:
-        return None if self.kind == "image" else self.output.with_name(self.output.name + ".parts")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# checks before any work
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("CUDA is not available here (no GPU or a CPU-only torch); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise BackendUnavailable(f"device {device} is not supported; use cpu or cuda")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise FlashVSRError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def _check_output(path: Path, kind: str, input_path: Path, resume: bool, overwrite: bool) -> bool:
-    """Validate an output path; returns False when ``resume`` finds it already complete (skip it)."""
-    if path.resolve() == input_path.resolve():
-        raise FlashVSRError(f"{path}: the output would replace the input")
-    if kind == "video" and path.suffix.lower() not in OUTPUT_FORMATS:
-        raise FlashVSRError(f"{path}: a video output needs one of {', '.join(OUTPUT_FORMATS)}")
-    if kind == "image" and path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise FlashVSRError(f"{path}: an image output needs one of {', '.join(IMAGE_EXTENSIONS)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FlashVSRError(f"{path}: the folder {parent} does not exist")
-    if not _writable(parent):
-        raise FlashVSRError(f"{path}: the folder {parent} is not writable")
-    if path.exists():
-        if kind != "image_folder" and path.is_dir():
-            raise FlashVSRError(f"{path}: is a folder, expected a file name")
-        if kind == "image_folder" and not path.is_dir():
-            raise FlashVSRError(f"{path}: is a file, expected a folder for the upscaled images")
-        if overwrite:
-            return True
-        work = path.with_name(path.name + ".parts")
-        if resume and not work.exists():
-            return False  # finished by an earlier run
-        raise FlashVSRError(f"{path} already exists; use --overwrite to replace it")
-    return True
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        probe = folder / f".flashvsr-q-write-test-{time.time_ns()}"
-        probe.touch()
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
-def plan_jobs(input_path: Path, output: Path, *, resume: bool = False, overwrite: bool = False) -> list[Job]:
-    """Open every input and check every output before anything is written (errors are FlashVSRError)."""
-    if not input_path.exists():
-        raise FlashVSRError(f"{input_path}: no such file or folder")
-    if input_path.is_dir() and not list_images(input_path):
-        videos = list_videos(input_path)
-        if not videos:
-            raise FlashVSRError(f"{input_path}: the folder holds no images and no videos")
-        if output.exists() and not output.is_dir():
-            raise FlashVSRError(f"{output}: is a file; batch mode writes into a folder")
-        if not output.parent.is_dir():
-            raise FlashVSRError(f"{output}: the folder {output.parent} does not exist")
-        jobs = []
-        for video in videos:
-            target = output / (video.name if video.suffix.lower() in BATCH_SUFFIXES else video.stem + ".mp4")
-            source = open_source(video)
-            if output.is_dir() and not _check_output(target, "video", video, resume, overwrite):
-                continue
-            jobs.append(Job(source, target, "video"))
-        if not output.exists():
-            if not _writable(output.parent):
-                raise FlashVSRError(f"{output}: the folder {output.parent} is not writable")
-        return jobs
-    source = open_source(input_path)
-    kind = source.kind
-    if not _check_output(output, kind, input_path, resume, overwrite):
-        return []
-    return [Job(source, output, kind)]
+# DTYPES, Job, load_model, plan_jobs, resolve_device and resolve_dtype live in ``checks``; importing them from here
+# keeps working.
+__all__ = ["DEFAULT_SEGMENT_FRAMES", "DTYPES", "Job", "load_model", "plan_jobs", "resolve_device", "resolve_dtype",
+           "run_job", "upscale"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -273,22 +169,10 @@ def _plan_dict(mp: MemoryPlan) -> dict:
             "budget": mp.budget}
 
 
-def _preflight(job: Job, model: FlashVSR, geometry: Geometry, mp: MemoryPlan, log) -> None:
-    s = job.source
-    log(f"{s.path} ({s.kind}, {s.width}x{s.height}, {s.num_frames} frames, {float(s.fps):.3f} fps) -> {job.output} "
-        f"({geometry.out_width}x{geometry.out_height}; the model runs {geometry.padded_width}x"
-        f"{geometry.padded_height})")
-    log(f"model {model.config.name} {str(model.dtype).removeprefix('torch.')} on {model.device}, attention "
-        f"{model.dit.backend.name}")
-    log(mp.describe())
-    if geometry.scale != 4:
-        log(f"note: FlashVSR is trained for x4; x{geometry.scale} only changes the bicubic target size")
-
-
 def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str = "auto", vram: int | None = None,
             encoder: EncoderSettings | None = None, audio: bool = True, resume: bool = False,
             overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES, show_progress: bool = True,
-            progress: Callable[[int, int], None] | None = None, cancel=None, log=_log_stderr) -> Summary:
+            progress: Callable[[int, int], None] | None = None, cancel=None, log: Log = log_stderr) -> Summary:
     """Upscale one job (a video, an image or an image folder) with ``model``; see :func:`upscale`."""
     encoder = encoder or EncoderSettings()
     source, device = job.source, model.device
@@ -315,7 +199,7 @@ def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str =
                       model=model.config.name, scale=settings.scale, color_fix=settings.color_fix)
     reset_device_peaks(device)
     while True:
-        _preflight(job, model, geometry, mp, log)
+        log(Preflight.of(source, job.output, geometry, mp, model).describe())
         try:
             _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, summary, show_progress,
                  progress, cancel)
@@ -398,27 +282,30 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_model(checkpoint: str | Path | None, dtype: torch.dtype, device: torch.device) -> FlashVSR:
-    from flashvsr_q.checkpoints import load_checkpoint
-
-    return load_checkpoint(checkpoint, dtype=dtype, device=device).eval()
-
-
 def upscale(
     input: str | Path, output: str | Path, *, checkpoint: str | Path | None = None, model: FlashVSR | None = None,
-    scale: int = 4, tile: str = "auto", vram: int | str | None = None, attention: str = "auto",
-    color_fix: str = "adain", dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-    seed: int = 0, lcsa: LCSASettings | None = None, codec: str = "libx264", crf: float = 18,
-    preset: str = "medium", pix_fmt: str = "yuv420p", audio: bool = True, resume: bool = False,
-    overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES, show_progress: bool = True,
-    progress: Callable[[int, int], None] | None = None, cancel=None, log: Callable[[str], None] = _log_stderr,
-) -> Summary | list[Summary]:
-    """Upscale a video, an image, an image folder or a folder of videos; returns the summary (a list in batch mode).
+    recipe=None, variant: str | None = None, calibration=None, scale: int = 4, tile: str = "auto",
+    vram: int | str | None = None, attention: str = "auto", color_fix: str = "adain",
+    dtype: str | torch.dtype | None = None, device: str | torch.device | None = None, seed: int = 0,
+    lcsa: LCSASettings | None = None, codec: str = "libx264", crf: float = 18, preset: str = "medium",
+    pix_fmt: str = "yuv420p", audio: bool = True, resume: bool = False, overwrite: bool = False,
+    segment_frames: int = DEFAULT_SEGMENT_FRAMES, show_progress: bool = True,
+    progress: Callable[[int, int], None] | None = None, cancel=None, log: Log = log_stderr,
+) -> Summary | list[Summary] | None:
+    """Upscale a video, an image, an image folder or a folder of videos; returns the summary (a list in batch mode,
+    None when ``resume`` finds the output already complete).
 
     Args:
         input, output: paths (see the module docstring for the kinds).
         checkpoint: checkpoint folder (None: ``$FLASHVSR_Q_CHECKPOINT`` or the shipped small model); or pass
-            ``model`` (already on its device and dtype).
+            ``model`` (already on its device and dtype; then checkpoint, recipe, variant, calibration and dtype
+            must stay None).
+        recipe: quantization recipe applied on the fly while loading: a shipped name (``int8-weight-only``), a
+            YAML path or a ``Recipe``. The memory plan then counts the quantized weights.
+        variant: ``"v1"`` | ``"v1.1"``: the LQ projection of an official folder (its files cannot tell; None means
+            v1.1). Folders that record their architecture must agree.
+        calibration: statistics from ``flashvsr-q calibrate`` (path or ``CalibrationStats``) for recipes with static
+            activation scales or SmoothQuant.
         scale: integer 1..8 (trained for 4). tile: ``auto`` | ``off`` | ``SIZExOVERLAP`` in LR px.
         vram: device memory budget (bytes or "8GB"); None: the free CUDA memory, no limit on CPU.
         attention: backend name or ``auto``. color_fix: ``adain`` | ``wavelet`` | ``none``.
@@ -429,33 +316,20 @@ def upscale(
         overwrite: replace an existing output (or an interrupted run's work folder).
         segment_frames: output frames per segment / resume snapshot.
         progress: called with (frames done, total); cancel: Event or callable, checked between tiles.
+        log: receives the pre-flight report and notes, one message at a time (default: stderr).
+    Raises:
+        FlashVSRError (and subclasses): bad options, inputs, outputs, checkpoint, recipe or device, all checked
+        before any frame is decoded; ``Cancelled`` when cancelled.
     """
-    settings = UpscaleSettings(scale, color_fix, seed, lcsa or LCSASettings())
-    try:
-        parse_tile(tile, scale)
-    except ValueError as exc:
-        raise FlashVSRError(str(exc)) from None
-    encoder = EncoderSettings(codec, crf, preset, pix_fmt)
-    encoder.check()
-    try:
-        budget = parse_bytes(vram) if vram is not None else None
-    except ValueError as exc:
-        raise FlashVSRError(str(exc)) from None
-    jobs = plan_jobs(Path(input), Path(output), resume=resume, overwrite=overwrite)
-    batch = Path(input).is_dir() and not list_images(Path(input))
-    if model is None:
-        dev = resolve_device(device)
-        model = load_model(checkpoint, resolve_dtype(dtype, dev), dev)
-    elif device is not None and torch.device(device) != model.device:
-        raise FlashVSRError(f"the model is on {model.device} but device={device} was asked for")
-    backend = model.set_attention(attention, model.device)
-    if attention == "auto":
-        log(f"attention 'auto' chose {backend.name!r} on {model.device}")
-    if batch:
+    run = prepare(input, output, checkpoint=checkpoint, model=model, recipe=recipe, variant=variant,
+                  calibration=calibration, scale=scale, tile=tile, vram=vram, attention=attention,
+                  color_fix=color_fix, dtype=dtype, device=device, seed=seed, lcsa=lcsa, codec=codec, crf=crf,
+                  preset=preset, pix_fmt=pix_fmt, resume=resume, overwrite=overwrite, log=log)
+    if run.batch:
         Path(output).mkdir(exist_ok=True)
     summaries = []
-    for job in jobs:
-        summaries.append(run_job(model, job, settings, tile=tile, vram=budget, encoder=encoder, audio=audio,
-                                 resume=resume, overwrite=overwrite, segment_frames=segment_frames,
+    for job in run.jobs:
+        summaries.append(run_job(run.model, job, run.settings, tile=tile, vram=run.budget, encoder=run.encoder,
+                                 audio=audio, resume=resume, overwrite=overwrite, segment_frames=segment_frames,
                                  show_progress=show_progress, progress=progress, cancel=cancel, log=log))
-    return summaries if batch else (summaries[0] if summaries else None)
+    return summaries if run.batch else (summaries[0] if summaries else None)

@@ -14,6 +14,7 @@ from helpers import random_model
 from infer.upscale_support import IdentityStream, make_clip
 from PIL import Image
 
+from flashvsr_q.checkpoints import SHIPPED_SMALL
 from flashvsr_q.cli import main
 from flashvsr_q.infer.colorfix import to_uint8
 from flashvsr_q.infer.pipeline import preprocess
@@ -183,3 +184,161 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing(case, tmp_path, checkp
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# -- a recipe applied on the fly, the LQ variant, the dry run -----------------------------------------------------
+
+
+def _image(tmp_path: Path, size: tuple[int, int] = (8, 6)) -> Path:
+    rgb = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    return tmp_path / "in.png"
+
+
+def _dry_run(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert upscale_cli(*args, "--dry-run", "--json") == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    return report
+
+
+def test_recipe_on_the_fly_equals_quantize_then_upscale(tmp_path):
+    from flashvsr_q.checkpoints import load_checkpoint
+
+    image = _image(tmp_path)
+    shipped = SHIPPED_SMALL  # trained weights: a random model's outputs saturate
+    quantized = tmp_path / "int8"
+    assert main(["quantize", "--recipe", "int8-weight-only", "--checkpoint", str(shipped), "-o", str(quantized),
+                 "--dtype", "fp32", "--device", "cpu", "--quiet"]) == 0
+    # the same weights, bit for bit, and not the float ones
+    on_the_fly = load_checkpoint(shipped, dtype=torch.float32, recipe="int8-weight-only").state_dict()
+    compressed = load_checkpoint(quantized, dtype=torch.float32).state_dict()
+    original = load_checkpoint(shipped, dtype=torch.float32).state_dict()
+    assert list(on_the_fly) == list(compressed)
+    changed = 0
+    for name, tensor in on_the_fly.items():
+        assert type(tensor) is type(compressed[name]), name
+        value = tensor.dequantize() if type(tensor) is not torch.Tensor else tensor
+        assert torch.equal(value, compressed[name].dequantize() if type(tensor) is not torch.Tensor
+                           else compressed[name]), name
+        changed += not torch.equal(value, original[name])
+    assert changed >= 40  # every DiT linear
+    outs = {name: tmp_path / f"{name}.png" for name in ("on_the_fly", "compressed")}
+    assert upscale_cli(image, "-o", outs["on_the_fly"], "--checkpoint", shipped, "--recipe", "int8-weight-only") == 0
+    assert upscale_cli(image, "-o", outs["compressed"], "--checkpoint", quantized) == 0
+    pixels = {name: np.asarray(Image.open(path)) for name, path in outs.items()}
+    assert pixels["on_the_fly"].shape == (24, 32, 3)
+    assert np.array_equal(pixels["on_the_fly"], pixels["compressed"])
+
+
+def test_dry_run_counts_the_recipe_weights_and_writes_nothing(tmp_path, checkpoint_dir, capsys):
+    image = _image(tmp_path)
+    out = tmp_path / "out.png"
+    plain = _dry_run(capsys, image, "-o", out, "--checkpoint", checkpoint_dir, "--vram", "1GB")
+    int8 = _dry_run(capsys, image, "-o", out, "--checkpoint", checkpoint_dir, "--vram", "1GB",
+                    "--recipe", "int8-weight-only")
+    from flashvsr_q.quant import load_recipe, resolve_plan
+
+    plan = resolve_plan(load_recipe("int8-weight-only"), random_model("test"), "cpu")
+    int8_params = sum(layer.numel for layer in plan.quantized.values())
+    saved = plain["estimate"]["weights"] - int8["estimate"]["weights"]
+    assert 0.9 * 3 * int8_params < saved < 3 * int8_params  # fp32 -> int8, plus the per-row scales
+    assert int8["estimate"]["peak"] - int8["estimate"]["weights"] == plain["estimate"]["peak"] - \
+        plain["estimate"]["weights"]  # only the weight term changes
+    assert (plain["input_size"], plain["output_size"], plain["frames"]) == ([8, 6], [32, 24], 1)
+    assert plain["budget"] == 1024**3 and plain["output"] == str(out) and plain["tiles"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+    assert upscale_cli(image, "-o", out, "--checkpoint", checkpoint_dir, "--dry-run") == 0  # text form
+    text = capsys.readouterr().out
+    assert "in.png (image, 8x6, 1 frames" in text and "estimated peak device memory" in text
+
+
+def test_library_preflight_matches_the_loaded_model(checkpoint_dir, tmp_path):
+    from flashvsr_q.infer import preflight
+    from flashvsr_q.infer.checks import load_model
+    from flashvsr_q.infer.memory import module_bytes
+
+    lines: list[str] = []
+    (report,) = preflight(_image(tmp_path), checkpoint=checkpoint_dir, recipe="int8-weight-only", device="cpu",
+                          dtype="fp32", log=lines.append)
+    model = load_model(checkpoint_dir, torch.float32, torch.device("cpu"), recipe="int8-weight-only",
+                       log=lambda m: None)
+    assert report.memory.estimate.weights == module_bytes(model) and report.output is None
+    assert any(line.startswith("plan: recipe int8-weight-only") for line in lines)
+    assert report.to_dict()["model"] == model.config.name and report.describe().startswith(str(tmp_path))
+
+
+def test_variant_is_passed_to_official_folders_and_checked_against_recorded_ones(tmp_path, checkpoint_dir,
+                                                                                  monkeypatch, capsys):
+    import flashvsr_q.checkpoints as checkpoints
+
+    image = _image(tmp_path)
+    seen = []
+    real = checkpoints.load_official
+    monkeypatch.setattr(checkpoints, "load_official", lambda *a, **kw: seen.append(kw["variant"]) or real(*a, **kw))
+    _dry_run(capsys, image, "-o", tmp_path / "out.png", "--checkpoint", checkpoint_dir, "--variant", "v1.1")
+    assert seen == ["v1.1"]
+    # the test checkpoint records v1.1 in its config sidecar: v1 contradicts it
+    assert upscale_cli(image, "-o", tmp_path / "out.png", "--checkpoint", checkpoint_dir, "--variant", "v1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "records its LQ projection as v1.1" in err and len(err.splitlines()) == 1
+    v1 = tmp_path / "v1"
+    save_official(random_model("test", variant="v1"), v1)
+    seen.clear()
+    assert _dry_run(capsys, image, "-o", tmp_path / "out.png", "--checkpoint", v1, "--variant", "v1")["tiles"] == 1
+    assert seen == ["v1"]
+
+
+def test_calibration_for_recipes_with_static_scales(tmp_path, checkpoint_dir, capsys):
+    from flashvsr_q.quant import load_recipe, resolve_plan
+    from flashvsr_q.quant.measure import synthetic_calibration
+
+    image = _image(tmp_path)
+    out = tmp_path / "out.png"
+    recipe = ["--checkpoint", checkpoint_dir, "--recipe", "w8a8-int8-smoothquant"]
+    assert upscale_cli(image, "-o", out, *recipe) == 2  # needs statistics: refused before any work
+    err = capsys.readouterr().err.strip()
+    assert "calibrat" in err and len(err.splitlines()) == 1 and not out.exists()
+    assert upscale_cli(image, "-o", out, "--checkpoint", checkpoint_dir, "--calibration", tmp_path / "x") == 2
+    assert "--calibration only applies with --recipe" in capsys.readouterr().err
+    assert upscale_cli(image, "-o", out, *recipe, "--calibration", tmp_path / "missing.safetensors") == 2
+    assert "do not exist" in capsys.readouterr().err
+    stats = tmp_path / "stats.safetensors"
+    plan = resolve_plan(load_recipe("w8a8-int8-smoothquant"), random_model("test"), "cpu")
+    synthetic_calibration(plan).save(stats)
+    assert upscale_cli(image, "-o", out, *recipe, "--calibration", stats) == 0
+    assert np.asarray(Image.open(out)).shape == (24, 32, 3)
+
+
+def test_bad_recipe_and_recipe_on_a_quantized_model_are_one_line_errors(tmp_path, checkpoint_dir, capsys):
+    image = _image(tmp_path)
+    assert upscale_cli(image, "-o", tmp_path / "o.png", "--checkpoint", checkpoint_dir, "--recipe", "nope") == 2
+    assert "recipe" in capsys.readouterr().err
+    quantized = tmp_path / "int8"
+    assert main(["quantize", "--recipe", "int8-weight-only", "--checkpoint", str(checkpoint_dir), "-o",
+                 str(quantized), "--dtype", "fp32", "--quiet"]) == 0
+    assert upscale_cli(image, "-o", tmp_path / "o.png", "--checkpoint", quantized, "--recipe",
+                       "int8-weight-only") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "int8"]
+
+
+# -- the library surface -------------------------------------------------------------------------------------------
+
+
+def test_public_names_are_lazy_and_video_io_does_not_import_torch():
+    import subprocess
+    import sys
+
+    import flashvsr_q.infer as infer
+
+    assert sorted(infer.__all__) == sorted(infer._MODULE_OF)
+    assert all(getattr(infer, name) is not None for name in infer.__all__)
+    with pytest.raises(AttributeError):
+        infer.no_such_name  # noqa: B018
+    code = ("import sys, flashvsr_q.infer.video_io\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "from flashvsr_q.infer import upscale, preflight, resolve_device\n"
+            "assert 'torch' in sys.modules and callable(upscale)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
