@@ -4,8 +4,9 @@ Each configuration (model, attention backend, tiling, dtype, torch.compile, outp
 ``upscale_frames`` over a deterministic synthetic clip generated frame by frame (no decoding or encoding cost),
 by default in a fresh subprocess so that peak RSS and device peaks belong to that configuration alone.
 Reported: FPS, first-output latency, CPU seconds of the process (robust to other load on a shared machine), peak
-device memory allocated/reserved (CUDA), the planner's estimate, peak RSS, and the environment (device name,
-driver, torch, CUDA, CPU threads).
+device memory allocated/reserved (CUDA), the planner's estimate, peak RSS (after loading the model, when the first
+output frame appears, i.e. after the largest chunk, and at the end: the last two differ only if host memory grows
+with the number of frames), and the environment (device name, driver, torch, CUDA, CPU threads).
 
     flashvsr-q bench --model small --size 512x512 --frames 100,400 --tile off,256x32 -o results.json
 """
@@ -128,10 +129,11 @@ def run_config(cfg: BenchConfig) -> dict:
         compile_blocks(model)
     build_s = time.perf_counter() - t_build
     plans = []
+    rss_model = peak_rss()
     reset_device_peaks(device)
     frames = synthetic_frames(cfg.width // cfg.scale, cfg.height // cfg.scale, cfg.frames, cfg.seed)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    first, count = None, 0
+    first, count, rss_first = None, 0, None
     for _ in upscale_frames(model, frames, scale=cfg.scale, tile=cfg.tile,
                             vram=parse_bytes(cfg.vram) if cfg.vram else None, num_frames=cfg.frames,
                             on_plan=plans.append):
@@ -140,6 +142,7 @@ def run_config(cfg: BenchConfig) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             first = time.perf_counter() - t0
+            rss_first = peak_rss()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -151,6 +154,7 @@ def run_config(cfg: BenchConfig) -> dict:
         "first_output_s": round(first, 3), "build_s": round(build_s, 3), "tiling": plan.plan.describe(),
         "tiles": len(plan.plan.tiles), "state_offload": plan.offload, "estimated_peak": plan.estimate.peak,
         "peak_allocated": peaks.get("allocated"), "peak_reserved": peaks.get("reserved"), "peak_rss": peak_rss(),
+        "peak_rss_model": rss_model, "peak_rss_first_output": rss_first,
         "environment": environment(device),
     }
 
@@ -171,18 +175,25 @@ def _gib(n: int | None) -> str:
     return "–" if n is None else f"{n / 1024**3:.2f}"
 
 
+def _rss_growth(r: dict) -> str:
+    if r.get("peak_rss_first_output") is None:
+        return "–"
+    return f"{(r['peak_rss'] - r['peak_rss_first_output']) / 1024**2:.1f}"
+
+
 def to_markdown(results: list[dict]) -> str:
     """A Markdown table of results plus the environment of the first one."""
     head = ("| model | attention | dtype | compile | output | frames | tiling | FPS | CPU s | first output (s) | "
-            "peak alloc (GiB) | peak reserved (GiB) | estimate (GiB) | peak RSS (GiB) |")
-    rows = [head, "|" + "---|" * 14]
+            "peak alloc (GiB) | peak reserved (GiB) | estimate (GiB) | peak RSS (GiB) | RSS growth after first output "
+            "(MiB) |")
+    rows = [head, "|" + "---|" * 15]
     for r in results:
         c = r["config"]
         rows.append(f"| {c['checkpoint'] or c['model']} | {r['backend']} | {r['dtype']} | "
                     f"{'on' if c['compile'] else 'off'} | {c['width']}x{c['height']} | {r['frames_out']} | "
                     f"{r['tiling']} | {r['fps']:.3f} | {r['cpu_s']:.1f} | {r['first_output_s']:.2f} | "
                     f"{_gib(r['peak_allocated'])} | {_gib(r['peak_reserved'])} | {_gib(r['estimated_peak'])} | "
-                    f"{_gib(r['peak_rss'])} |")
+                    f"{_gib(r['peak_rss'])} | {_rss_growth(r)} |")
     if results:
         e = results[0]["environment"]
         rows.append(f"\n{e['device_name']} ({e['device']}), driver {e['driver'] or '–'}, torch {e['torch']}, CUDA "

@@ -10,8 +10,8 @@ from flashvsr_q.cli import main
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.infer.bench import BenchConfig, configs_from_args, run_config, synthetic_frames, to_markdown
 
-KEYS = {"fps", "first_output_s", "peak_allocated", "peak_reserved", "peak_rss", "estimated_peak", "tiling",
-        "frames_out", "environment", "backend", "dtype"}
+KEYS = {"fps", "first_output_s", "peak_allocated", "peak_reserved", "peak_rss", "peak_rss_model",
+        "peak_rss_first_output", "estimated_peak", "tiling", "frames_out", "environment", "backend", "dtype"}
 
 
 def test_synthetic_frames_are_deterministic_and_moving():
@@ -24,6 +24,7 @@ def test_run_config_in_process():
     result = run_config(BenchConfig(model="test", width=8, height=8, frames=2, device="cpu", dtype="fp32"))
     assert KEYS <= set(result) and result["frames_out"] == 2 and result["fps"] > 0
     assert result["peak_allocated"] is None and result["peak_rss"] > 0  # no CUDA here
+    assert result["peak_rss_model"] <= result["peak_rss_first_output"] <= result["peak_rss"]
     assert result["environment"]["torch"] and result["environment"]["cpu_threads"] >= 1
     table = to_markdown([result])
     assert table.count("\n| test |") == 1 and "torch" in table
