@@ -1,8 +1,12 @@
-"""Measure what each recipe costs on disk and in host memory while quantizing, from an official-layout folder.
+"""Measure what each recipe costs: on disk and in host memory while quantizing, and in quality.
 
     # official-size random weights (6.4 GB, ~8.5 GB RAM, ~30 s), then every CPU-runnable shipped recipe:
     python /work/shared/conformance/make_weights.py --out /tmp/fvsr-L30 --layers 30
     python -m flashvsr_q.quant.measure --checkpoint /tmp/fvsr-L30 --out /tmp/fvsr-measure --markdown results.md
+
+    # quality of every shipped recipe on a (small) model: held-out PSNR / SSIM against the HR frames and the
+    # bf16 model's own output (see :func:`quality_table`)
+    python -m flashvsr_q.quant.measure quality --checkpoint checkpoints/flashvsr-small --markdown quality.md
 
 Each recipe runs in its own process (so peak RSS is that recipe's alone): ``quantize_official`` (layer by layer from
 the official files) then ``save_compressed``; the compressed folder is deleted afterwards unless ``--keep``.
@@ -15,12 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from flashvsr_q.model import FlashVSR
+    from flashvsr_q.quant.recipes import Recipe
+    from flashvsr_q.quant.stats import CalibrationStats
 
 GB = 1e9
 
@@ -167,8 +182,247 @@ def sqnr_table(dim: int = 1536, tokens: int = 512, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# quality: every recipe on the held-out clips, against the HR frames and the bf16 model
+# ---------------------------------------------------------------------------------------------------------------
+
+CALIBRATION_EXCLUDES = ("bigbuckbunny", "carphone")  # the held-out clips' source videos: never calibrated on
+STATIC_VARIANTS = {"w8a8-int8-static (min-max)": "minmax", "w8a8-int8-static (percentile)": "percentile"}
+
+
+@dataclass
+class QualityRow:
+    """One line of the quality table: a float model or a recipe, on every held-out clip.
+
+    ``clips`` maps clip name -> {"psnr", "ssim"} against the HR frames and "vs_bf16" (PSNR of the 8-bit output
+    against the bf16 float model's 8-bit output; inf when identical). ``note`` says why a recipe has no numbers.
+    """
+
+    name: str
+    what: str
+    clips: dict[str, dict[str, float]]
+    seconds: float = 0.0
+    note: str = ""
+
+    def mean(self, key: str) -> float:
+        import numpy as np
+
+        return float(np.mean([c[key] for c in self.clips.values()]))
+
+
+def held_out_outputs(model: FlashVSR, clips: dict[str, torch.Tensor], seed: int = 0, fix: str = "adain",
+                     attention: str = "sparse") -> dict[str, torch.Tensor]:
+    """8-bit output frames [3, T - 4, H, W] of ``model`` on each held-out HR clip [T, 3, H, W].
+
+    The path of :func:`flashvsr_q.train.measure.measure` (the training run's held-out measurement): training
+    degradation (bicubic x1/4, 8-bit, bicubic x4), ``run_clip`` with seeded noise, colour fix, truncation to 8 bits.
+    The frames are returned so that recipes can also be compared with the float model's output.
+    """
+    import torch
+
+    from flashvsr_q.data.clips import make_pair
+    from flashvsr_q.infer.colorfix import color_fix, to_uint8
+    from flashvsr_q.model.streaming import SeededNoise, run_clip
+
+    model.set_attention(attention)
+    out = {}
+    with torch.no_grad():
+        for name, hr_u8 in clips.items():
+            lr_up, _ = make_pair(hr_u8)  # [3, T, H, W] in [-1, 1]
+            frames_out = hr_u8.shape[0] - 4
+            h, w = lr_up.shape[-2:]
+            noise = SeededNoise(seed, model.config.latent_channels, h // 8, w // 8)
+            frames, _ = run_clip(model, lr_up[None].to(model.device, model.dtype), noise)
+            reference = lr_up[None, :, :frames_out]
+            out[name] = to_uint8(color_fix(frames.float().cpu(), reference, fix)[0])
+    return out
+
+
+def _scores(outputs: dict[str, torch.Tensor], clips: dict[str, torch.Tensor],
+            bf16: dict[str, torch.Tensor] | None) -> dict[str, dict[str, float]]:
+    from flashvsr_q.train.measure import frame_metrics, psnr
+
+    scores = {}
+    for name, frames in outputs.items():
+        hr = clips[name][: frames.shape[1]].permute(1, 0, 2, 3)  # [3, T, H, W] uint8
+        row = frame_metrics(frames, hr)
+        if bf16 is not None:
+            same = bool((frames == bf16[name]).all())
+            row["vs_bf16"] = float("inf") if same else psnr(frames.numpy(), bf16[name].numpy())
+        scores[name] = row
+    return scores
+
+
+def quality_calibration(model: FlashVSR, smoothquant_recipe: Recipe, clips: int = 8, frames: int = 33,
+                        size: int = 256, observer: str = "percentile", seed: int = 0) -> CalibrationStats:
+    """Calibration statistics for the recipes that need them, from the ``builtin`` footage minus the held-out
+    clips' source videos (:data:`CALIBRATION_EXCLUDES`): ``observer`` ranges, and SmoothQuant factors with
+    ``smoothquant_recipe``'s alpha and overrides for the layers it smooths."""
+    from flashvsr_q.data.footage import resolve_footage
+    from flashvsr_q.quant.calibration import CalibrationConfig, FootageClips, calibrate, smoothing_from_recipe
+
+    footage = [f for f in resolve_footage(["builtin"]) if not any(k in f.name for k in CALIBRATION_EXCLUDES)]
+    layers, alpha = smoothing_from_recipe(smoothquant_recipe, model)
+    config = CalibrationConfig(observer=observer, alpha=alpha, alpha_overrides=smoothquant_recipe.alpha_overrides,
+                               smooth_layers=layers, seed=seed)
+    return calibrate(model, FootageClips(footage, clips=clips, frames=frames, size=(size, size), seed=seed), config)
+
+
+def _static_recipe(observer: str) -> Recipe:
+    """The shipped w8a8-int8 recipe with static per-tensor activation scales (not shipped: it shows the effect
+    of the calibration observer on the static scale)."""
+    from flashvsr_q.quant.recipes import load_recipe, parse_recipe
+
+    text = load_recipe("w8a8-int8").text
+    text = (text.replace("scheme: w8a8_int8\n", "scheme: w8a8_int8_static\n")
+            .replace("calibration: none", "calibration: required")
+            .replace("name: w8a8-int8\n", f"name: w8a8-int8-static-{observer}\n"))
+    return parse_recipe(text, source=f"w8a8-int8 with static scales ({observer})")
+
+
+def _without_observer_ranges(stats: CalibrationStats) -> CalibrationStats:
+    """A copy of ``stats`` without the observer's per-tensor ranges: static scales fall back to min-max."""
+    from flashvsr_q.quant.stats import CalibrationStats
+
+    meta = {k: v for k, v in stats.meta.items() if k not in ("act_clip", "smoothed_act_clip")}
+    return CalibrationStats(stats.layers, stats.source_hash + ":minmax", {**meta, "observer": "minmax"})
+
+
+def quality_table(checkpoint: str | os.PathLike | None = None, recipes: list[str] | None = None, seed: int = 0,
+                  fix: str = "adain", calibration_clips: int = 8, static_variants: bool = True,
+                  progress: Callable[[str], None] = print,
+                  clips: dict[str, torch.Tensor] | None = None) -> tuple[list[QualityRow], dict]:
+    """Held-out quality of the float model (fp32, bf16) and of every shipped recipe (quantized in bf16 on CPU).
+
+    Every model sees the same held-out clips (:func:`flashvsr_q.data.clips.held_out_clips`) with the same noise
+    seed, so differences between rows are due to quantization alone. Recipes that cannot run on CPU get a row
+    with the reason. Recipes that need calibration statistics use :func:`quality_calibration` (percentile
+    observer, the SmoothQuant recipe's alpha); with ``static_variants`` two unshipped rows show
+    ``w8a8_int8_static`` with min-max and with percentile scales from the same statistics. ``clips`` replaces
+    the held-out clips (HR uint8 [T, 3, H, W], T = 8k + 5; tests).
+
+    Returns:
+        (rows, info): info holds the checkpoint, the clips and the calibration-set hash.
+    """
+    import torch
+
+    from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
+    from flashvsr_q.data.clips import held_out_clips
+    from flashvsr_q.quant.ptq import quantize_model
+    from flashvsr_q.quant.recipes import load_recipe, resolve_plan, shipped_recipes
+
+    checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    clips = held_out_clips() if clips is None else clips
+    names = recipes if recipes is not None else list(shipped_recipes())
+    loaded = {n: load_recipe(n) for n in names}
+
+    def run(name: str, what: str, model: FlashVSR,
+            bf16_out: dict[str, torch.Tensor] | None) -> tuple[QualityRow, dict[str, torch.Tensor]]:
+        start = time.perf_counter()
+        outputs = held_out_outputs(model, clips, seed, fix)
+        row = QualityRow(name, what, _scores(outputs, clips, bf16_out), time.perf_counter() - start)
+        progress(f"  {name}: {row.mean('psnr'):.3f} dB ({row.seconds:.0f} s)")
+        return row, outputs
+
+    rows = []
+    bf16_row, bf16_out = run("bf16", "float model, bf16 (reference)",
+                             load_checkpoint(checkpoint, dtype=torch.bfloat16), None)
+    for c in bf16_row.clips.values():
+        c["vs_bf16"] = float("inf")
+    fp32_row, _ = run("fp32", "float model, fp32", load_checkpoint(checkpoint, dtype=torch.float32), bf16_out)
+    rows += [fp32_row, bf16_row]
+
+    stats = None
+    needs_stats = any(r.needs_calibration for r in loaded.values()) or static_variants
+    if needs_stats:
+        smoothing = next((r for r in loaded.values() if r.smoothquant), None) or load_recipe("w8a8-int8-smoothquant")
+        start = time.perf_counter()
+        stats = quality_calibration(load_checkpoint(checkpoint, dtype=torch.bfloat16), smoothing,
+                                    clips=calibration_clips, seed=seed)
+        progress(f"  calibration: {len(stats.meta['clips'])} clips ({time.perf_counter() - start:.0f} s)")
+
+    candidates = [(n, r, stats if r.needs_calibration else None) for n, r in loaded.items()]
+    if static_variants:
+        candidates += [(label, _static_recipe(obs), stats if obs == "percentile" else _without_observer_ranges(stats))
+                       for label, obs in STATIC_VARIANTS.items()]
+    for name, recipe, calibration in candidates:
+        schemes = sorted({r.scheme.label() for r in recipe.rules})
+        what = ", ".join(schemes) + (f" + SmoothQuant (alpha {recipe.smoothquant['alpha']})"
+                                     if recipe.smoothquant else "")
+        reasons = sorted({why for rule in recipe.rules if (why := rule.scheme.unavailable("cpu"))})
+        if reasons:  # a GPU-only scheme
+            rows.append(QualityRow(name, what, {}, note=f"GPU: open ({'; '.join(reasons)})"))
+            progress(f"  {name}: not on CPU")
+            continue
+        model = load_checkpoint(checkpoint, dtype=torch.bfloat16)
+        quantize_model(model, resolve_plan(recipe, model, "cpu"), calibration)
+        rows.append(run(name, what, model, bf16_out)[0])
+    info = {"checkpoint": str(checkpoint), "clips": {k: f"{v.shape[-1]}x{v.shape[-2]}, {v.shape[0] - 4} frames"
+                                                     for k, v in clips.items()},
+            "calibration": stats.source_hash[:16] if stats is not None else None, "seed": seed, "color_fix": fix}
+    return rows, info
+
+
+def quality_markdown(rows: list[QualityRow], info: dict) -> str:
+    """The quality table: per clip PSNR / SSIM against HR, their means, the change against bf16, and how close
+    each output is to the bf16 model's output."""
+    clip_names = list(info["clips"])
+    head = ["recipe", "what"] + [f"{c} PSNR / SSIM" for c in clip_names] + [
+        "mean PSNR", "Δ vs bf16", "mean SSIM", "PSNR vs bf16 output"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = next(r for r in rows if r.name == "bf16")
+    for r in rows:
+        if not r.clips:
+            lines.append(f"| {r.name} | {r.what} | " + " | ".join([r.note] + [""] * (len(head) - 3)) + " |")
+            continue
+        cells = [f"{r.clips[c]['psnr']:.3f} / {r.clips[c]['ssim']:.4f}" for c in clip_names]
+        vs = r.mean("vs_bf16")
+        cells += [f"{r.mean('psnr'):.3f}", "—" if r is base else f"{r.mean('psnr') - base.mean('psnr'):+.3f}",
+                  f"{r.mean('ssim'):.4f}", "identical" if vs == float("inf") else f"{vs:.1f} dB"]
+        lines.append(f"| {r.name} | {r.what} | " + " | ".join(cells) + " |")
+    clips = "; ".join(f"{k} {v}" for k, v in info["clips"].items())
+    lines.append("")
+    lines.append(f"Checkpoint `{info['checkpoint']}`; held-out clips: {clips}; noise seed {info['seed']}, "
+                 f"colour fix {info['color_fix']}; calibration set {info['calibration']} (builtin footage without "
+                 f"{' / '.join(CALIBRATION_EXCLUDES)}). PSNR (RGB, dB) and SSIM of the 8-bit frames, mean over "
+                 f"frames, then over clips.")
+    return "\n".join(lines)
+
+
+def quality_main(argv: list[str]) -> int:
+    """``python -m flashvsr_q.quant.measure quality ...``: print (and optionally write) the quality table."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m flashvsr_q.quant.measure quality",
+                                     description="held-out quality of every shipped recipe on a model")
+    parser.add_argument("--checkpoint", default=None, help="float model folder (default: the shipped small model)")
+    parser.add_argument("--recipes", default=None, help="comma-separated (default: every shipped recipe)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"))
+    parser.add_argument("--calibration-clips", type=int, default=8, help="clips for the calibrated recipes")
+    parser.add_argument("--no-static-variants", action="store_true", help="leave out the two unshipped "
+                        "w8a8_int8_static rows (min-max vs percentile scales)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as torch chooses)")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, info = quality_table(args.checkpoint, args.recipes.split(",") if args.recipes else None, args.seed,
+                               args.color_fix, args.calibration_clips, not args.no_static_variants,
+                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+    table = quality_markdown(rows, info)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:
+        return quality_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="python -m flashvsr_q.quant.measure quality --help: the quality table")
     parser.add_argument("--checkpoint", type=Path, help="official-layout folder")
     parser.add_argument("--out", type=Path, help="scratch folder for the compressed checkpoints")
     parser.add_argument("--sqnr", action="store_true", help="only print the per-layer SQNR of every scheme")
