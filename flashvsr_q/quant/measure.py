@@ -194,8 +194,9 @@ STATIC_VARIANTS = {"w8a8-int8-static (min-max)": "minmax", "w8a8-int8-static (pe
 class QualityRow:
     """One line of the quality table: a float model or a recipe, on every held-out clip.
 
-    ``clips`` maps clip name -> {"psnr", "ssim"} against the HR frames and "vs_bf16" (PSNR of the 8-bit output
-    against the bf16 float model's 8-bit output; inf when identical). ``note`` says why a recipe has no numbers.
+    ``clips`` maps clip name -> {"psnr", "ssim"} against the HR frames, "vs_bf16" (PSNR of the 8-bit output
+    against the bf16 float model's 8-bit output; inf when identical) and "latent_snr" (SNR in dB of the DiT's
+    output latents against the bf16 model's; inf when identical). ``note`` says why a recipe has no numbers.
     """
 
     name: str
@@ -211,12 +212,14 @@ class QualityRow:
 
 
 def held_out_outputs(model: FlashVSR, clips: dict[str, torch.Tensor], seed: int = 0, fix: str = "adain",
-                     attention: str = "sparse") -> dict[str, torch.Tensor]:
-    """8-bit output frames [3, T - 4, H, W] of ``model`` on each held-out HR clip [T, 3, H, W].
+                     attention: str = "sparse") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(8-bit output frames [3, T - 4, H, W], DiT output latents [1, C, 2k, h, w] fp32) of ``model`` on each
+    held-out HR clip [T, 3, H, W].
 
     The path of :func:`flashvsr_q.train.measure.measure` (the training run's held-out measurement): training
     degradation (bicubic x1/4, 8-bit, bicubic x4), ``run_clip`` with seeded noise, colour fix, truncation to 8 bits.
-    The frames are returned so that recipes can also be compared with the float model's output.
+    The frames and latents are returned so that recipes can also be compared with the float model's output; the
+    latents show the DiT's quantization error even where the decoder makes little use of them.
     """
     import torch
 
@@ -232,23 +235,28 @@ def held_out_outputs(model: FlashVSR, clips: dict[str, torch.Tensor], seed: int 
             frames_out = hr_u8.shape[0] - 4
             h, w = lr_up.shape[-2:]
             noise = SeededNoise(seed, model.config.latent_channels, h // 8, w // 8)
-            frames, _ = run_clip(model, lr_up[None].to(model.device, model.dtype), noise)
+            frames, latents = run_clip(model, lr_up[None].to(model.device, model.dtype), noise)
             reference = lr_up[None, :, :frames_out]
-            out[name] = to_uint8(color_fix(frames.float().cpu(), reference, fix)[0])
+            out[name] = (to_uint8(color_fix(frames.float().cpu(), reference, fix)[0]), latents.float().cpu())
     return out
 
 
-def _scores(outputs: dict[str, torch.Tensor], clips: dict[str, torch.Tensor],
-            bf16: dict[str, torch.Tensor] | None) -> dict[str, dict[str, float]]:
+def _scores(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], clips: dict[str, torch.Tensor],
+            bf16: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> dict[str, dict[str, float]]:
+    import math
+
     from flashvsr_q.train.measure import frame_metrics, psnr
 
     scores = {}
-    for name, frames in outputs.items():
+    for name, (frames, latents) in outputs.items():
         hr = clips[name][: frames.shape[1]].permute(1, 0, 2, 3)  # [3, T, H, W] uint8
         row = frame_metrics(frames, hr)
         if bf16 is not None:
-            same = bool((frames == bf16[name]).all())
-            row["vs_bf16"] = float("inf") if same else psnr(frames.numpy(), bf16[name].numpy())
+            ref_frames, ref_latents = bf16[name]
+            same = bool((frames == ref_frames).all())
+            row["vs_bf16"] = math.inf if same else psnr(frames.numpy(), ref_frames.numpy())
+            error = float((latents - ref_latents).norm())
+            row["latent_snr"] = math.inf if error == 0 else 20 * math.log10(float(ref_latents.norm()) / error)
         scores[name] = row
     return scores
 
@@ -317,7 +325,7 @@ def quality_table(checkpoint: str | os.PathLike | None = None, recipes: list[str
     loaded = {n: load_recipe(n) for n in names}
 
     def run(name: str, what: str, model: FlashVSR,
-            bf16_out: dict[str, torch.Tensor] | None) -> tuple[QualityRow, dict[str, torch.Tensor]]:
+            bf16_out: dict | None) -> tuple[QualityRow, dict]:
         start = time.perf_counter()
         outputs = held_out_outputs(model, clips, seed, fix)
         row = QualityRow(name, what, _scores(outputs, clips, bf16_out), time.perf_counter() - start)
@@ -328,7 +336,7 @@ def quality_table(checkpoint: str | os.PathLike | None = None, recipes: list[str
     bf16_row, bf16_out = run("bf16", "float model, bf16 (reference)",
                              load_checkpoint(checkpoint, dtype=torch.bfloat16), None)
     for c in bf16_row.clips.values():
-        c["vs_bf16"] = float("inf")
+        c["vs_bf16"] = c["latent_snr"] = float("inf")
     fp32_row, _ = run("fp32", "float model, fp32", load_checkpoint(checkpoint, dtype=torch.float32), bf16_out)
     rows += [fp32_row, bf16_row]
 
@@ -368,7 +376,7 @@ def quality_markdown(rows: list[QualityRow], info: dict) -> str:
     each output is to the bf16 model's output."""
     clip_names = list(info["clips"])
     head = ["recipe", "what"] + [f"{c} PSNR / SSIM" for c in clip_names] + [
-        "mean PSNR", "Δ vs bf16", "mean SSIM", "PSNR vs bf16 output"]
+        "mean PSNR", "Δ vs bf16", "mean SSIM", "frames vs bf16 (PSNR)", "DiT latents vs bf16 (SNR)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = next(r for r in rows if r.name == "bf16")
     for r in rows:
@@ -376,9 +384,10 @@ def quality_markdown(rows: list[QualityRow], info: dict) -> str:
             lines.append(f"| {r.name} | {r.what} | " + " | ".join([r.note] + [""] * (len(head) - 3)) + " |")
             continue
         cells = [f"{r.clips[c]['psnr']:.3f} / {r.clips[c]['ssim']:.4f}" for c in clip_names]
-        vs = r.mean("vs_bf16")
+        vs, snr = r.mean("vs_bf16"), r.mean("latent_snr")
         cells += [f"{r.mean('psnr'):.3f}", "—" if r is base else f"{r.mean('psnr') - base.mean('psnr'):+.3f}",
-                  f"{r.mean('ssim'):.4f}", "identical" if vs == float("inf") else f"{vs:.1f} dB"]
+                  f"{r.mean('ssim'):.4f}", "identical" if vs == float("inf") else f"{vs:.1f} dB",
+                  "identical" if snr == float("inf") else f"{snr:.1f} dB"]
         lines.append(f"| {r.name} | {r.what} | " + " | ".join(cells) + " |")
     clips = "; ".join(f"{k} {v}" for k, v in info["clips"].items())
     lines.append("")

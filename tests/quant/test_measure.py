@@ -29,10 +29,11 @@ def test_quality_table_rows_and_markdown(tmp_path):
     by_name = {r.name: r for r in rows}
     assert list(by_name) == ["fp32", "bf16", "int8-weight-only", "w8a8-int8-smoothquant", "w8a8-fp8",
                              *STATIC_VARIANTS]
-    assert by_name["bf16"].clips["tiny"]["vs_bf16"] == float("inf")
+    assert by_name["bf16"].clips["tiny"]["vs_bf16"] == by_name["bf16"].clips["tiny"]["latent_snr"] == float("inf")
     for name in ("fp32", "int8-weight-only", "w8a8-int8-smoothquant", *STATIC_VARIANTS):
         scores = by_name[name].clips["tiny"]
         assert 0 < scores["ssim"] <= 1 and scores["psnr"] > 5 and scores["vs_bf16"] > 15, (name, scores)
+        assert 10 < scores["latent_snr"] < 100, (name, scores)  # quantized: close to bf16, not equal
     assert by_name["w8a8-fp8"].note.startswith("GPU: open") and not by_name["w8a8-fp8"].clips
     assert info["calibration"] and info["clips"] == {"tiny": "128x128, 21 frames"}
     table = quality_markdown(rows, info)
