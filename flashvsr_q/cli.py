@@ -288,6 +288,106 @@ def run_degrade(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- eval --------------------------------------------------------------------------------------------------------
+
+
+@command("eval", "compare configurations (bicubic, float, recipes, tiling, attention backends) on a dataset: "
+         "per-clip and mean tables, deltas, plots")
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="REDS-style folder (GT/<clip>/*.png [+ LR/<clip>/*.png]), "
+                        "LR-only folder of clips (VideoLQ style), folder of HR videos, one video, or heldout (the "
+                        "shipped small model's held-out clips)")
+    parser.add_argument("--dataset-kind", default="auto", choices=("auto", "reds", "videolq", "videos", "heldout"),
+                        help="how to read --dataset (default: detected)")
+    parser.add_argument("--frames", type=int, default=None, help="at most N frames per clip (default: all)")
+    parser.add_argument("--crop", default=None, help="keep a centred window of at most WxH HR pixels of every clip "
+                        "(e.g. 320x128; the LR window is W/scale x H/scale)")
+    parser.add_argument("--degradation", default="bicubic", choices=("bicubic", "realbasicvsr"),
+                        help="how LR is made where the dataset has only HR (default bicubic)")
+    parser.add_argument("--degradation-seed", type=int, default=0, help="seed of the degradation; clip i uses "
+                        "SEED+i (default 0)")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME:key=value,...",
+                        help="one configuration; keys: checkpoint, recipe, tile, attention, dtype, color_fix, "
+                        "calibration, kind (model|bicubic); repeatable (e.g. int8:recipe=int8-weight-only)")
+    parser.add_argument("--checkpoint", default=None, help="comma-separated checkpoint folders (an axis; default: "
+                        "$FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--recipe", default=None, help="comma-separated recipes: shipped names, YAML files, none "
+                        "(the float model) or all (every shipped quantization recipe)")
+    parser.add_argument("--tile", default=None, help="comma-separated tilings: off, auto, SIZExOVERLAP in LR pixels")
+    parser.add_argument("--attention", default=None, help="comma-separated attention backends, or all")
+    parser.add_argument("--dtype", default=None, help="comma-separated fp32, bf16, fp16 (default: bf16 on CUDA, "
+                        "fp32 on CPU)")
+    parser.add_argument("--sweep", default="product", choices=("product", "each"), help="product: every "
+                        "combination of the axis flags; each: the first value of every axis, then one axis changed "
+                        "at a time (default product)")
+    parser.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"),
+                        help="colour correction of the model configurations (default adain)")
+    parser.add_argument("--calibration", default=None, help="calibration statistics for recipes that need them")
+    parser.add_argument("--no-bicubic", action="store_true", help="leave out the bicubic baseline")
+    parser.add_argument("--metrics", default="all", help="comma-separated metric names, or all (psnr, ssim, lpips, "
+                        "niqe, musiq, clipiqa, dover, ewarp, tlp, tdiff; default all); metrics whose weights are "
+                        "missing are skipped with a note")
+    parser.add_argument("--reference", default=None, help="configuration the deltas are taken against (default: "
+                        "the first model configuration)")
+    parser.add_argument("--seed", type=int, default=0, help="latent noise seed of the model (default 0)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default cuda when available)")
+    parser.add_argument("--title", default="Evaluation report", help="title of report.md")
+    parser.add_argument("--save-frames", action="store_true", help="also write every output frame as PNG "
+                        "(OUTPUT/frames/<config>/<clip>/)")
+    parser.add_argument("--update-doc", default=None, metavar="FILE.md", help="also put the report between the "
+                        "lines <!-- flashvsr-q eval: begin --> and <!-- flashvsr-q eval: end --> of FILE.md")
+    parser.add_argument("-o", "--output", required=True, help="report folder (report.md, table.md, CSV, JSON, PNG)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import shlex
+
+    from flashvsr_q.eval.datasets import load_dataset, parse_crop
+    from flashvsr_q.eval.runner import (
+        BICUBIC,
+        DEFAULT_METRICS,
+        check_doc,
+        describe_results,
+        evaluate,
+        expand_all,
+        parse_config,
+        splice_markdown,
+        sweep,
+    )
+
+    configs = [parse_config(text) for text in args.config]
+    axes = {"checkpoints": _split_list(args.checkpoint), "recipes": expand_all(_split_list(args.recipe), "recipe"),
+            "tiles": _split_list(args.tile), "attentions": expand_all(_split_list(args.attention), "attention"),
+            "dtypes": _split_list(args.dtype)}
+    if any(axes.values()) or not configs:
+        configs = sweep(axes["checkpoints"] or [None], axes["recipes"] or [None], axes["tiles"] or ["off"],
+                        axes["attentions"] or ["sparse"], axes["dtypes"] or [None], mode=args.sweep, bicubic=False,
+                        color_fix=args.color_fix, calibration=args.calibration) + configs
+    if not args.no_bicubic and BICUBIC.name not in [c.name for c in configs]:
+        configs.insert(0, BICUBIC)
+    metrics = list(DEFAULT_METRICS) if args.metrics.strip() == "all" else _split_list(args.metrics)
+    if args.update_doc:
+        check_doc(args.update_doc)  # before the run, not after it
+    dataset = load_dataset(args.dataset, args.dataset_kind, frames=args.frames, degradation=args.degradation,
+                           seed=args.degradation_seed, crop=parse_crop(args.crop))
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    command = shlex.join(["flashvsr-q", *getattr(args, "argv", [])])
+    res = evaluate(dataset, configs, metrics, args.output, reference=args.reference, seed=args.seed,
+                   device=args.device, title=args.title, overwrite=args.overwrite, save_frames=args.save_frames,
+                   command=command, say=say)
+    print(describe_results(res))
+    print(f"report written to {args.output}/ ({', '.join(sorted(p.name for p in res.files.values()))})")
+    if args.update_doc:
+        print(f"updated {splice_markdown(args.update_doc, res)}")
+    return 0
+
+
 # --- train -------------------------------------------------------------------------------------------------------
 
 
@@ -639,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports that record it
     if args.version:
         from flashvsr_q import __version__
 

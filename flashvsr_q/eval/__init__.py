@@ -6,7 +6,10 @@
 - :mod:`~flashvsr_q.eval.dover`: ``dover_score`` (optional, needs VQAssessment/DOVER);
 - :mod:`~flashvsr_q.eval.report`: ``write_report``;
 - :mod:`~flashvsr_q.eval.weights`: the offline weights folder and ``MetricUnavailable``;
-- :mod:`~flashvsr_q.eval.clipio`: streaming frame I/O for video files and PNG folders.
+- :mod:`~flashvsr_q.eval.clipio`: streaming frame I/O for video files and PNG folders;
+- :mod:`~flashvsr_q.eval.datasets`: ``load_dataset`` (REDS-style, VideoLQ-style, videos, ``heldout``);
+- :mod:`~flashvsr_q.eval.configs` / :mod:`~flashvsr_q.eval.runner`: ``EvalConfig``, ``parse_config``, ``sweep``,
+  ``evaluate`` (configurations over a dataset, written as a report).
 
 Names are imported on first use, so ``flashvsr-q degrade`` does not pay for matplotlib or the metric stack.
 """
@@ -18,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "clipio": ("ClipWriter", "probe", "read_frames"),
+    "configs": ("EvalConfig", "parse_config", "sweep"),
+    "datasets": ("Dataset", "load_dataset", "video_dataset"),
     "degrade": ("DegradeResult", "RealBasicVSRDegradation", "RealBasicVSRParams", "bicubic_downscale",
                 "degrade_video", "sample_params"),
     "dover": ("Dover", "DoverScore", "dover_score"),
     "metrics": ("METRICS", "Metric", "build_metric", "compute_frame_metrics", "get_metric", "video_mean"),
     "report": ("Report", "write_report"),
+    "runner": ("BICUBIC", "EvalResults", "evaluate"),
     "temporal": ("TEMPORAL_METRICS", "FrameDifferenceError", "WarpingError", "build_temporal",
                  "compute_temporal_metrics"),
     "weights": ("ENV_VAR", "MetricUnavailable", "WeightFile", "weights_dir"),
@@ -45,6 +51,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from flashvsr_q.eval.clipio import ClipWriter, probe, read_frames  # noqa: F401
+    from flashvsr_q.eval.configs import EvalConfig, parse_config, sweep  # noqa: F401
+    from flashvsr_q.eval.datasets import Dataset, load_dataset, video_dataset  # noqa: F401
     from flashvsr_q.eval.degrade import (  # noqa: F401
         DegradeResult,
         RealBasicVSRDegradation,
@@ -63,6 +71,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         video_mean,
     )
     from flashvsr_q.eval.report import Report, write_report  # noqa: F401
+    from flashvsr_q.eval.runner import BICUBIC, EvalResults, evaluate  # noqa: F401
     from flashvsr_q.eval.temporal import (  # noqa: F401
         TEMPORAL_METRICS,
         FrameDifferenceError,

@@ -6,21 +6,23 @@ its HR frames (``None`` without ground truth) and its LR frames. Nothing holds a
 
 Kinds (``detect_kind`` picks one for ``auto``):
 
-- ``reds``: ``DIR/GT/<clip>/*.png`` (+ optional ``DIR/LR/<clip>/*.png``; without it LR is made on the fly by the
-  degradation). GT must be exactly ``scale`` x LR.
-- ``videolq``: LR-only clips, ``DIR/<clip>/*.png`` or LR video files; no-reference metrics only.
+- ``reds``: ``DIR/GT/<clip>/*.png`` (or ``HR/``), plus optionally ``DIR/LR/<clip>/*.png`` (or ``LQ/``); without LR
+  folders the LR is made on the fly by the degradation. Given LR frames must be exactly ``1/scale`` of GT.
+- ``videolq``: LR-only clips, ``DIR/<clip>/*.png`` folders or LR video files; no-reference metrics only.
 - ``videos``: a folder of HR video files (or one file); LR made on the fly by the seeded degradation.
 - ``heldout``: the built-in held-out footage of the shipped small model (``--dataset heldout``).
 
 HR frames whose sides are not multiples of ``scale`` are cropped at the right/bottom to the nearest multiple
-(the degradation needs it); the crop is the same for the GT the output is compared with.
+(the degradation needs it); ``crop=(W, H)`` then keeps a centred window of at most W x H HR pixels (and the matching
+LR window), on the LR pixel grid so that HR and LR stay aligned. The GT the output is compared with is cropped the
+same way.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,11 @@ from flashvsr_q.errors import FlashVSRError
 KINDS = ("auto", "reds", "videolq", "videos", "heldout")
 DEGRADATIONS = ("bicubic", "realbasicvsr")
 BUILTIN = ("heldout",)
+GT_FOLDERS = ("GT", "HR")
+LR_FOLDERS = ("LR", "LQ")
 
 FrameSource = Callable[[], Iterator[np.ndarray]]
+Crop = tuple[int, int]  # (width, height) in HR pixels
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,22 @@ class Dataset:
 
     @property
     def has_gt(self) -> bool:
+        """True when every clip has GT frames."""
         return all(c.hr is not None for c in self.clips)
+
+
+def parse_crop(text: str | None) -> Crop | None:
+    """``"384x128"`` -> ``(384, 128)`` (W x H, HR pixels); ``None`` / ``""`` / ``"off"`` -> None."""
+    if text is None or str(text).strip().lower() in ("", "off", "none"):
+        return None
+    width, sep, height = str(text).strip().lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+        raise FlashVSRError(f"--crop takes WxH in HR pixels (e.g. 384x128), got {text!r}")
+    return int(width), int(height)
+
+
+def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
 
 
 def _media(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -66,7 +86,13 @@ def _media(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def detect_kind(path: str | os.PathLike) -> str:
-    """``heldout``, ``reds`` (a ``GT`` folder), ``videos`` (video files) or ``videolq`` (folders of images)."""
+    """``heldout``, ``reds`` (a ``GT``/``HR`` folder), ``videos`` (video files) or ``videolq`` (folders of images).
+
+    A folder of LR *video files* looks like ``videos`` (HR); say ``kind="videolq"`` for those.
+
+    Raises:
+        FlashVSRError: the path does not exist, or holds nothing recognisable, or mixes videos and image folders.
+    """
     if str(path) in BUILTIN:
         return str(path)
     root = Path(path)
@@ -78,7 +104,7 @@ def detect_kind(path: str | os.PathLike) -> str:
         raise FlashVSRError(f"{root} is not a video file or a dataset folder")
     if not root.is_dir():
         raise FlashVSRError(f"dataset {root} does not exist (a folder, a video file, or one of: {', '.join(BUILTIN)})")
-    if (root / "GT").is_dir():
+    if _first_dir(root, GT_FOLDERS) is not None:
         return "reds"
     videos, image_dirs = _media(root)
     if videos and not image_dirs:
@@ -90,11 +116,40 @@ def detect_kind(path: str | os.PathLike) -> str:
     raise FlashVSRError(f"{root} holds no GT/ folder, no video files and no folders of images")
 
 
-def _crop(frame: np.ndarray, scale: int) -> np.ndarray:
+# ---------------------------------------------------------------------------------------------------------------
+# frame sources (each call opens a fresh iterator)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _to_multiple(frame: np.ndarray, scale: int) -> np.ndarray:
     h, w = frame.shape[:2]
     if h < scale or w < scale:
         raise FlashVSRError(f"an HR frame of {w}x{h} is smaller than the scale {scale}")
     return frame[: h - h % scale, : w - w % scale]
+
+
+def _window(frame: np.ndarray, crop: Crop, scale: int) -> np.ndarray:
+    """The centred window of at most ``crop`` (W, H) on the ``scale`` grid; ``scale`` 1 for LR frames."""
+    h, w = frame.shape[:2]
+    cw, ch = min(crop[0] // scale, w // scale), min(crop[1] // scale, h // scale)  # in grid cells
+    x0, y0 = (w // scale - cw) // 2 * scale, (h // scale - ch) // 2 * scale
+    return frame[y0 : y0 + ch * scale, x0 : x0 + cw * scale]
+
+
+def _hr_view(source: FrameSource, scale: int, crop: Crop | None) -> FrameSource:
+    def open_() -> Iterator[np.ndarray]:
+        for frame in source():
+            frame = _to_multiple(frame, scale)
+            yield frame if crop is None else _window(frame, crop, scale)
+
+    return open_
+
+
+def _lr_view(source: FrameSource, scale: int, crop: Crop | None) -> FrameSource:
+    if crop is None:
+        return source
+    lr_crop = (max(1, crop[0] // scale), max(1, crop[1] // scale))
+    return lambda: (_window(frame, lr_crop, 1) for frame in source())
 
 
 def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
@@ -107,10 +162,6 @@ def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
     return open_
 
 
-def _cropped(source: FrameSource, scale: int) -> FrameSource:
-    return lambda: (_crop(f, scale) for f in source())
-
-
 def _degraded(hr: FrameSource, degradation: str, seed: int, scale: int) -> FrameSource:
     from flashvsr_q.eval.degrade import RealBasicVSRDegradation, bicubic_downscale
 
@@ -121,19 +172,65 @@ def _degraded(hr: FrameSource, degradation: str, seed: int, scale: int) -> Frame
     raise FlashVSRError(f"unknown degradation {degradation!r}; choose from {', '.join(DEGRADATIONS)}")
 
 
-def _heldout(frames: int | None, degradation: str, seed: int, scale: int) -> list[Clip]:
+def _hr_clip(name: str, source: FrameSource, degradation: str, seed: int, scale: int, crop: Crop | None) -> Clip:
+    hr = _hr_view(source, scale, crop)
+    return Clip(name, lr=_degraded(hr, degradation, seed, scale), hr=hr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_options(frames: int | None, degradation: str, scale: int) -> None:
+    if frames is not None and frames < 1:
+        raise FlashVSRError(f"--frames must be >= 1, got {frames}")
+    if degradation not in DEGRADATIONS:
+        raise FlashVSRError(f"unknown degradation {degradation!r}; choose from {', '.join(DEGRADATIONS)}")
+    if scale < 1:
+        raise FlashVSRError(f"the scale must be >= 1, got {scale}")
+
+
+def _checked(name: str, kind: str, clips: list[Clip]) -> Dataset:
+    if not clips:
+        raise FlashVSRError(f"dataset {name} ({kind}) holds no clips")
+    names = [c.name for c in clips]
+    if len(set(names)) != len(names):
+        raise FlashVSRError(f"dataset {name}: clip names repeat: {', '.join(sorted(names))}")
+    return Dataset(name, kind, clips)
+
+
+def _heldout(frames: int | None, degradation: str, seed: int, scale: int, crop: Crop | None) -> list[Clip]:
     from flashvsr_q.data.clips import held_out_clips
 
     clips = []
     for i, (name, video) in enumerate(held_out_clips().items()):  # uint8 [T, 3, H, W]
         array = np.ascontiguousarray(video.permute(0, 2, 3, 1).numpy())[:frames]
-        hr = _cropped(lambda a=array: iter(a), scale)
-        clips.append(Clip(name, lr=_degraded(hr, degradation, seed + i, scale), hr=hr))
+        clips.append(_hr_clip(name, lambda a=array: iter(a), degradation, seed + i, scale, crop))
     return clips
 
 
+def video_dataset(paths: Sequence[str | os.PathLike], *, frames: int | None = None, degradation: str = "bicubic",
+                  seed: int = 0, scale: int = 4, crop: Crop | None = None, name: str = "videos") -> Dataset:
+    """A dataset of HR video files (or image folders) given one by one; LR made by the seeded degradation.
+
+    Clip ``i`` is named after its file's stem and degraded with seed ``seed + i``.
+
+    Raises:
+        FlashVSRError: no paths, a path that does not exist, repeated clip names, bad options.
+    """
+    _check_options(frames, degradation, scale)
+    clips = []
+    for i, path in enumerate(map(Path, paths)):
+        if not path.exists():
+            raise FlashVSRError(f"{path} does not exist")
+        clips.append(_hr_clip(path.stem if path.is_file() else path.name, _frames(path, frames), degradation,
+                              seed + i, scale, crop))
+    return _checked(name, "videos", clips)
+
+
 def load_dataset(path: str | os.PathLike, kind: str = "auto", *, frames: int | None = None,
-                 degradation: str = "bicubic", seed: int = 0, scale: int = 4) -> Dataset:
+                 degradation: str = "bicubic", seed: int = 0, scale: int = 4, crop: Crop | None = None) -> Dataset:
     """Find the clips of a dataset (nothing is decoded yet, except the in-memory ``heldout`` clips).
 
     Args:
@@ -143,58 +240,54 @@ def load_dataset(path: str | os.PathLike, kind: str = "auto", *, frames: int | N
         degradation: how LR is made from HR where the dataset has no LR: ``bicubic`` (MATLAB-style antialiased
             x1/scale) or ``realbasicvsr`` (seeded random blur/noise/JPEG, one parameter draw per clip).
         seed: the degradation seed (clip ``i`` uses ``seed + i``).
+        scale: the super-resolution factor (HR = scale x LR).
+        crop: keep a centred window of at most (W, H) HR pixels (``W/scale x H/scale`` LR pixels) of every clip.
 
     Raises:
         FlashVSRError: unknown kind, missing folders, an empty dataset, mismatched GT/LR clip names.
     """
     if kind not in KINDS:
         raise FlashVSRError(f"unknown dataset kind {kind!r}; choose from {', '.join(KINDS)}")
-    if frames is not None and frames < 1:
-        raise FlashVSRError(f"--frames must be >= 1, got {frames}")
-    if degradation not in DEGRADATIONS:
-        raise FlashVSRError(f"unknown degradation {degradation!r}; choose from {', '.join(DEGRADATIONS)}")
+    _check_options(frames, degradation, scale)
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "heldout":
         if str(path) != "heldout":
             raise FlashVSRError("--dataset-kind heldout takes --dataset heldout")
-        return Dataset("heldout", kind, _heldout(frames, degradation, seed, scale))
+        return _checked("heldout", kind, _heldout(frames, degradation, seed, scale, crop))
     root = Path(path)
     if not root.exists():
         raise FlashVSRError(f"dataset {root} does not exist")
+    name = root.name or str(root)
     clips: list[Clip] = []
     if kind == "reds":
-        gt_root, lr_root = root / "GT", root / "LR"
-        if not gt_root.is_dir():
+        gt_root, lr_root = _first_dir(root, GT_FOLDERS), _first_dir(root, LR_FOLDERS)
+        if gt_root is None:
             raise FlashVSRError(f"{root} has no GT/ folder (REDS layout: GT/<clip>/*.png [+ LR/<clip>/*.png])")
         _, gt_dirs = _media(gt_root)
-        if lr_root.is_dir():
+        if lr_root is not None:
             _, lr_dirs = _media(lr_root)
             gt_names, lr_names = {p.name for p in gt_dirs}, {p.name for p in lr_dirs}
             if gt_names != lr_names:
                 raise FlashVSRError(f"{root}: GT and LR clips differ: {', '.join(sorted(gt_names ^ lr_names))}")
         for i, gt in enumerate(gt_dirs):
-            hr = _frames(gt, frames)
-            if lr_root.is_dir():
-                lr, hr_src = _frames(lr_root / gt.name, frames), hr  # given pairs: GT must be exactly scale x LR
-            else:
-                hr_src = _cropped(hr, scale)
-                lr = _degraded(hr_src, degradation, seed + i, scale)
-            clips.append(Clip(gt.name, lr=lr, hr=hr_src))
+            if lr_root is None:
+                clips.append(_hr_clip(gt.name, _frames(gt, frames), degradation, seed + i, scale, crop))
+            else:  # given pairs: GT must be exactly scale x LR (checked frame by frame when scored)
+                hr = _frames(gt, frames) if crop is None else _hr_view(_frames(gt, frames), scale, crop)
+                clips.append(Clip(gt.name, lr=_lr_view(_frames(lr_root / gt.name, frames), scale, crop), hr=hr))
     elif kind == "videolq":
         if root.is_file():
-            clips.append(Clip(root.stem, lr=_frames(root, frames), hr=None))
+            clips.append(Clip(root.stem, lr=_lr_view(_frames(root, frames), scale, crop), hr=None))
         else:
             videos, image_dirs = _media(root)
-            clips += [Clip(p.stem if p.is_file() else p.name, lr=_frames(p, frames), hr=None)
+            clips += [Clip(p.stem if p.is_file() else p.name, lr=_lr_view(_frames(p, frames), scale, crop), hr=None)
                       for p in sorted(videos + image_dirs)]
     elif kind == "videos":
         videos = [root] if root.is_file() else _media(root)[0]
-        for i, video in enumerate(videos):
-            hr = _cropped(_frames(video, frames), scale)
-            clips.append(Clip(video.stem, lr=_degraded(hr, degradation, seed + i, scale), hr=hr))
-    if not clips:
-        raise FlashVSRError(f"dataset {root} ({kind}) holds no clips")
-    names = [c.name for c in clips]
-    if len(set(names)) != len(names):
-        raise FlashVSRError(f"dataset {root}: clip names repeat: {', '.join(sorted(names))}")
-    return Dataset(root.name or str(root), kind, clips)
+        return video_dataset(videos, frames=frames, degradation=degradation, seed=seed, scale=scale, crop=crop,
+                             name=name) if videos else _checked(name, kind, [])
+    return _checked(name, kind, clips)
+
+
+__all__ = ["BUILTIN", "DEGRADATIONS", "KINDS", "Clip", "Dataset", "detect_kind", "load_dataset", "parse_crop",
+           "video_dataset"]

@@ -1,154 +1,91 @@
 """The evaluation runner: configurations (checkpoint x recipe x tiling x attention, plus bicubic) over a dataset.
 
-    results = evaluate(load_dataset("heldout"), [EvalConfig("bicubic", kind="bicubic"), EvalConfig("fp32")],
-                       metrics=["psnr", "ssim", "tdiff"], out_dir="report")
+    dataset = load_dataset("heldout", frames=21, crop=(384, 128))
+    res = evaluate(dataset, [BICUBIC, EvalConfig("float"), EvalConfig("int8", recipe="int8-weight-only")],
+                   metrics=["psnr", "ssim", "tdiff"], out_dir="report")
+    res.results["int8"]["carphone"]["psnr"]          # clip mean over frames
 
-Each configuration loads its model once (``load_checkpoint``, then the recipe applied on the fly with
-``resolve_plan`` + ``quantize_model``), upscales every clip in memory with ``infer.upscale_frames`` (uint8 frames,
-exact geometry, seeded noise) and scores the frames as they come: per-frame metrics accumulate one value per frame,
-temporal metrics keep the previous frame only. Nothing is encoded lossily; only DOVER, a whole-video metric, needs
-a file, and gets a lossless one (``ClipWriter``) when its weights are present. A configuration that cannot run here
-(a GPU-only recipe on CPU, a recipe that needs calibration statistics) is reported as skipped with the reason.
+Each configuration loads its model once (:func:`~flashvsr_q.eval.configs.load_config_model`: ``load_checkpoint``,
+then the recipe applied on the fly), upscales every clip in memory with ``infer.upscale_frames`` (uint8 frames,
+exact geometry, noise seeded by ``seed``) and scores the frames as they come: per-frame metrics keep one value per
+frame, temporal meters keep the previous frame only. Nothing is encoded lossily; only DOVER, a whole-video metric,
+needs a file, and gets a lossless one when its weights are present. Every metric is built once, before any
+upscaling; one whose weights are missing is skipped with the ``MetricUnavailable`` note, never left blank.
 
-Configuration syntax (``parse_config``): ``NAME:key=value,key=value`` with keys ``checkpoint``, ``recipe``,
-``tile``, ``attention``, ``dtype``, ``color_fix``, ``calibration``, ``kind`` (``model`` | ``bicubic``); ``bicubic``
-alone is the bicubic baseline.
+Mistakes (an unknown recipe or backend, a missing checkpoint, a repeated name) are errors before anything runs. A
+configuration that cannot run *here* (a GPU-only scheme or backend on CPU, a recipe that needs calibration
+statistics) is reported as skipped, with the reason. The report folder is written under a temporary name and renamed
+when complete.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.configs import (
+    BICUBIC,
+    EvalConfig,
+    check_config,
+    checkpoint_fingerprint,
+    cross_product,
+    expand_all,
+    load_config_model,
+    parse_config,
+    sweep,
+)
 from flashvsr_q.eval.datasets import Clip, Dataset
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("checkpoint", "recipe", "tile", "attention", "dtype", "color_fix", "calibration", "kind")
+# the thesis' Table 1 columns (+ temporal); the CLI's default
 DEFAULT_METRICS = ("psnr", "ssim", "lpips", "niqe", "musiq", "clipiqa", "dover", "ewarp", "tlp", "tdiff")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One row of the table.
-
-    Attributes:
-        name: the row's name in the report.
-        kind: ``model`` (run FlashVSR) or ``bicubic`` (the LR upsampled with bicubic, no model).
-        checkpoint: a checkpoint folder (None: the shipped small model).
-        recipe: a shipped recipe name or a YAML path, applied on the fly (None: the float model).
-        tile: ``off`` | ``auto`` | ``SIZExOVERLAP`` (LR pixels).
-        attention: an attention backend name (``flashvsr_q.attention``).
-        dtype: ``fp32`` | ``bf16`` | ``fp16`` (None: bf16 on CUDA, fp32 on CPU).
-        color_fix: ``adain`` | ``wavelet`` | ``none``.
-        calibration: calibration statistics for recipes that need them.
-    """
-
-    name: str
-    kind: str = "model"
-    checkpoint: str | None = None
-    recipe: str | None = None
-    tile: str = "off"
-    attention: str = "sparse"
-    dtype: str | None = None
-    color_fix: str = "adain"
-    calibration: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("model", "bicubic"):
-            raise FlashVSRError(f"configuration {self.name!r}: kind must be 'model' or 'bicubic', got {self.kind!r}")
-        if not self.name or ":" in self.name:
-            raise FlashVSRError(f"configuration name {self.name!r} must be non-empty and hold no ':'")
-
-    def describe(self) -> str:
-        if self.kind == "bicubic":
-            return "bicubic upsampling of the LR input"
-        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                         if f.name not in ("name", "kind") and getattr(self, f.name) is not None)
-
-
-BICUBIC = EvalConfig("bicubic", kind="bicubic")
-
-
-def parse_config(text: str) -> EvalConfig:
-    """``NAME:key=value,...`` (or ``bicubic``) -> :class:`EvalConfig`; unknown keys are an error."""
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    if name == "bicubic" and not rest.strip():
-        return BICUBIC
-    values: dict[str, str | None] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or key not in CONFIG_KEYS:
-            raise FlashVSRError(f"--config {text!r}: expected NAME:key=value,... with keys {', '.join(CONFIG_KEYS)}")
-        values[key] = None if value.strip().lower() in ("", "none") and key in ("recipe", "checkpoint") \
-            else value.strip()
-    return EvalConfig(name, **values)
-
-
-def cross_product(checkpoints: Sequence[str | None] = (None,), recipes: Sequence[str | None] = (None,),
-                  tiles: Sequence[str] = ("off",), attentions: Sequence[str] = ("sparse",),
-                  dtype: str | None = None, bicubic: bool = True, **common) -> list[EvalConfig]:
-    """Every checkpoint x recipe x tile x attention (plus ``bicubic`` first); names show what varies."""
-    configs = [BICUBIC] if bicubic else []
-    for ckpt, recipe, tile, attn in itertools.product(checkpoints or (None,), recipes or (None,), tiles or ("off",),
-                                                      attentions or ("sparse",)):
-        parts = [Path(ckpt).name if ckpt else "small"]
-        parts.append(recipe if recipe else (dtype or "float"))
-        if len(tiles) > 1 or tile != "off":
-            parts.append(f"tile={tile}")
-        if len(attentions) > 1 or attn != "sparse":
-            parts.append(f"attn={attn}")
-        name = " ".join(parts)
-        configs.append(EvalConfig(name, checkpoint=ckpt, recipe=recipe, tile=tile, attention=attn, dtype=dtype,
-                                  **common))
-    return configs
+ModelLoader = Callable[[EvalConfig, "str | torch.device | None"], torch.nn.Module]
+Progress = Callable[[int, int, str], None]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# scoring, one frame at a time
+# metrics, built once per run
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class Scorer:
-    """Per-frame and temporal meters for one clip; ``update`` takes one (sr, gt) uint8 frame pair."""
+class Meters:
+    """Every metric of a run, built once: per-frame models, temporal meters (reset per clip), DOVER, and the
+    metrics that were skipped ``{name: "skipped: reason"}``."""
 
-    frame: list  # LoadedMetric
-    temporal: list  # temporal meters (keep the previous frame only)
-    values: dict[str, list[float]] = field(default_factory=dict)
+    frame: list = field(default_factory=list)  # LoadedMetric
+    temporal: list = field(default_factory=list)  # FrameDifferenceError | TLP | WarpingError
+    dover: object | None = None  # eval.dover.Dover
+    skipped: dict[str, str] = field(default_factory=dict)
 
-    def update(self, sr: np.ndarray, gt: np.ndarray | None) -> None:
-        from flashvsr_q.eval.metrics import to_tensor
-
-        if gt is not None and sr.shape != gt.shape:
-            raise FlashVSRError(f"SR frame is {sr.shape[1]}x{sr.shape[0]}, GT is {gt.shape[1]}x{gt.shape[0]}")
-        a, b = to_tensor(sr), None if gt is None else to_tensor(gt)
-        for metric in self.frame:
-            self.values.setdefault(metric.result_name, []).append(metric(a, b))
-        for meter in self.temporal:
-            meter.update(a[0], None if b is None else b[0])
-
-    def finish(self) -> dict[str, list[float]]:
-        for meter in self.temporal:
-            self.values[meter.name] = meter.values()
-        return self.values
+    @property
+    def empty(self) -> bool:
+        """True when nothing can be computed."""
+        return not self.frame and not self.temporal and self.dover is None
 
 
-def _build_meters(metrics: Sequence[str], has_gt: bool, device) -> tuple[list, list, bool, dict[str, str]]:
-    """Build every metric once; returns (frame, temporal, dover?, skipped {metric: reason})."""
+def build_meters(metrics: Sequence[str], has_gt: bool, device: str | torch.device | None = None,
+                 seed: int = 0) -> Meters:
+    """Build the asked metrics; full-reference ones on a dataset without GT, and any whose weights or package are
+    missing, go to ``skipped`` with the reason.
+
+    Raises:
+        FlashVSRError: an unknown metric name.
+    """
     from flashvsr_q.eval.metrics import METRICS, build_metric
     from flashvsr_q.eval.temporal import build_temporal
     from flashvsr_q.eval.weights import MetricUnavailable
@@ -156,60 +93,61 @@ def _build_meters(metrics: Sequence[str], has_gt: bool, device) -> tuple[list, l
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise FlashVSRError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    frame, temporal, skipped, dover = [], [], {}, False
-    for name in metrics:
+    meters = Meters()
+    for name in dict.fromkeys(metrics):
         spec = METRICS[name]
         if spec.needs_reference and not has_gt:
-            skipped[name] = f"skipped: {spec.label} needs GT frames and this dataset has none (LR only)"
+            meters.skipped[name] = f"skipped: {spec.label} needs GT frames and this dataset has none (LR only)"
             continue
         try:
             if spec.kind == "frame":
-                frame.append(build_metric(name, device))
+                meters.frame.append(build_metric(name, device))
             elif spec.kind == "temporal":
-                build_temporal(name, device)  # checks the weights now; a fresh meter per clip below
-                temporal.append(name)
-            else:  # DOVER: check its weights before any upscaling
+                meters.temporal.append(build_temporal(name, device))
+            else:
                 from flashvsr_q.eval.dover import Dover
 
-                Dover(device)
-                dover = True
+                meters.dover = Dover(device, seed)
         except MetricUnavailable as exc:
-            skipped[name] = f"skipped: {exc}"
-    return frame, temporal, dover, skipped
+            meters.skipped[name] = f"skipped: {exc}"
+    return meters
+
+
+class Scorer:
+    """Scores one clip, one (sr, gt) uint8 frame pair at a time; :meth:`finish` returns the values per metric."""
+
+    def __init__(self, meters: Meters) -> None:
+        self.meters = meters
+        self.values: dict[str, list[float]] = {}
+        for meter in meters.temporal:
+            meter.reset()
+
+    def update(self, sr: np.ndarray, gt: np.ndarray | None) -> None:
+        """Score one output frame against its GT frame (None without GT)."""
+        from flashvsr_q.eval.metrics import to_tensor
+
+        if gt is not None and sr.shape != gt.shape:
+            raise FlashVSRError(f"the output frame is {sr.shape[1]}x{sr.shape[0]} but GT is "
+                                f"{gt.shape[1]}x{gt.shape[0]}: GT must be exactly scale x LR")
+        a, b = to_tensor(sr), None if gt is None else to_tensor(gt)
+        for metric in self.meters.frame:
+            self.values.setdefault(metric.result_name, []).append(metric(a, b))
+        for meter in self.meters.temporal:
+            meter.update(a[0], None if b is None else b[0])
+
+    def finish(self) -> dict[str, list[float]]:
+        """``{metric: [values]}``: one per frame, one per consecutive pair for temporal metrics."""
+        for meter in self.meters.temporal:
+            self.values[meter.name] = meter.values()
+        return self.values
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# configurations
+# one clip
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_config_model(config: EvalConfig, device: str | torch.device | None = None):
-    """The model of a configuration: checkpoint, recipe applied on the fly, attention backend set.
-
-    Raises:
-        FlashVSRError (incl. BackendUnavailable, RecipeError): the configuration cannot run here.
-    """
-    from flashvsr_q.checkpoints import load_checkpoint
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    dtype = resolve_dtype(config.dtype, dev)
-    model = load_checkpoint(config.checkpoint, dtype=dtype, device=dev).eval()
-    if config.recipe is not None:
-        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
-
-        plan = resolve_plan(load_recipe(config.recipe), model, dev)
-        stats = None
-        if config.calibration is not None:
-            from flashvsr_q.quant.stats import CalibrationStats
-
-            stats = CalibrationStats.load(config.calibration)
-        quantize_model(model, plan, calibration=stats)
-    model.set_attention(config.attention, dev)
-    return model
-
-
-def bicubic_frames(lr: Iterator[np.ndarray], scale: int = 4) -> Iterator[np.ndarray]:
+def bicubic_frames(lr: Iterable[np.ndarray], scale: int = 4) -> Iterator[np.ndarray]:
     """The bicubic baseline: each LR frame upsampled x``scale`` (PyTorch bicubic, a=-0.75), rounded to uint8."""
     for frame in lr:
         x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
@@ -217,12 +155,98 @@ def bicubic_frames(lr: Iterator[np.ndarray], scale: int = 4) -> Iterator[np.ndar
         yield y[0].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def _sr_frames(config: EvalConfig, model, clip: Clip, scale: int, seed: int) -> Iterator[np.ndarray]:
-    if config.kind == "bicubic":
-        return bicubic_frames(clip.lr(), scale)
-    from flashvsr_q.infer import upscale_frames
+def _timed(frames: Iterable[np.ndarray], clock: list[float]) -> Iterator[np.ndarray]:
+    # time spent producing frames (LR decoding, degradation and upscaling), not scoring them
+    iterator = iter(frames)
+    while True:
+        start = time.perf_counter()
+        frame = next(iterator, None)
+        clock[0] += time.perf_counter() - start
+        if frame is None:
+            return
+        yield frame
 
-    return upscale_frames(model, clip.lr(), scale=scale, tile=config.tile, color_fix=config.color_fix, seed=seed)
+
+def _size(frame: np.ndarray | None) -> str:
+    return "?" if frame is None else f"{frame.shape[1]}x{frame.shape[0]}"
+
+
+def score_clip(config: EvalConfig, model, clip: Clip, meters: Meters, *, scale: int = 4, seed: int = 0,
+               clock: list[float] | None = None, frames_dir: Path | None = None,
+               cancel: threading.Event | None = None) -> tuple[dict[str, list[float]], dict[str, str | int]]:
+    """Upscale one clip with one configuration and score it as the frames come.
+
+    Returns:
+        (``{metric: [values]}``, ``{"frames", "lr", "sr", "tiles"}``: what ran).
+
+    Raises:
+        FlashVSRError: output and GT differ in size or frame count; ``infer.Cancelled`` when ``cancel`` is set.
+    """
+    from flashvsr_q.infer.pipeline import check_cancel
+
+    check_cancel(cancel)
+    clock = clock if clock is not None else [0.0]
+    first_lr: list[np.ndarray] = []
+    plans: list = []
+
+    def lr_frames() -> Iterator[np.ndarray]:
+        for frame in clip.lr():
+            if not first_lr:
+                first_lr.append(frame)
+            yield frame
+
+    if config.kind == "bicubic":
+        produced = bicubic_frames(lr_frames(), scale)
+    else:
+        from flashvsr_q.infer import upscale_frames
+
+        produced = upscale_frames(model, lr_frames(), scale=scale, tile=config.tile, color_fix=config.color_fix,
+                                  seed=seed, cancel=cancel, on_plan=plans.append)
+    scorer = Scorer(meters)
+    gt_frames = clip.hr() if clip.hr is not None else None
+    writer, tmp = None, None
+    if meters.dover is not None:
+        from flashvsr_q.eval.clipio import ClipWriter
+
+        tmp = Path(tempfile.mkdtemp(prefix="flashvsr-q-eval-"))
+        writer = ClipWriter(tmp / "sr.mkv")  # lossless (libx264rgb, CRF 0), for DOVER only
+    count, last = 0, None
+    try:
+        for sr in _timed(produced, clock):
+            gt = None
+            if gt_frames is not None:
+                gt = next(gt_frames, None)
+                if gt is None:
+                    raise FlashVSRError(f"{clip.name}: GT has fewer frames ({count}) than the output")
+            scorer.update(sr, gt)
+            if writer is not None:
+                writer.write(sr)
+            if frames_dir is not None:
+                _save_png(frames_dir / f"{count:08d}.png", sr)
+            count, last = count + 1, sr
+        if gt_frames is not None and next(gt_frames, None) is not None:
+            raise FlashVSRError(f"{clip.name}: GT has more frames than the output ({count})")
+        values = scorer.finish()
+        if writer is not None:
+            score = meters.dover(writer.close())
+            writer = None
+            values.update({k: [v] for k, v in score.as_results().items()})
+    finally:
+        if writer is not None:
+            writer.abort()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    plan = plans[-1].plan if plans else None
+    tiles = "-" if plan is None else f"{len(plan.rows)}x{len(plan.cols)}"
+    return values, {"frames": count, "lr": _size(first_lr[0] if first_lr else None), "sr": _size(last),
+                    "tiles": tiles}
+
+
+def _save_png(path: Path, frame: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,7 +256,21 @@ def _sr_frames(config: EvalConfig, model, clip: Clip, scale: int, seed: int) -> 
 
 @dataclass
 class EvalResults:
-    """What :func:`evaluate` returns: the tables' input, per-frame values, skips, timings and the files written."""
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        results: ``{config: {clip: {metric: clip mean}}}`` (the report's input).
+        per_frame: ``{config: {clip: {metric: [values]}}}``.
+        skipped_metrics: ``{metric: "skipped: reason"}``.
+        skipped_configs: ``{config: reason}`` for configurations that cannot run here.
+        seconds: ``{config: wall seconds}`` (upscaling + scoring, all clips).
+        configs: every configuration asked for, in order.
+        reference: the configuration deltas are taken against (None with a single result).
+        runs: ``{config: {"dtype", "device", "attention", "upscale_seconds", "tiles": {clip: "RxC"}}}``.
+        clips: ``{clip: {"frames", "lr", "sr"}}``.
+        info: how the run was made (dataset, seed, versions, checkpoints, command).
+        files: report files by kind (``report``, ``json``, ``deltas_png``, ...), once written.
+    """
 
     results: dict[str, dict[str, dict[str, float | str]]]
     per_frame: dict[str, dict[str, dict[str, list[float]]]]
@@ -241,141 +279,312 @@ class EvalResults:
     seconds: dict[str, float]
     configs: list[EvalConfig]
     reference: str | None
+    runs: dict[str, dict] = field(default_factory=dict)
+    clips: dict[str, dict] = field(default_factory=dict)
+    info: dict[str, str] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+
+
+def _check_inputs(configs: Sequence[EvalConfig], reference: str | None, metrics: Sequence[str]) -> None:
+    if not configs:
+        raise FlashVSRError("no configurations to evaluate")
+    names = [c.name for c in configs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise FlashVSRError(f"configuration names repeat: {', '.join(repeated)}")
+    if reference is not None and reference not in names:
+        raise FlashVSRError(f"reference {reference!r} is not among the configurations: {', '.join(names)}")
+    if not metrics:
+        raise FlashVSRError("no metrics asked for")
+    for config in configs:
+        check_config(config)
+
+
+def _check_output(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.is_file():
+        raise FlashVSRError(f"{out_dir} is a file; the report is a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FlashVSRError(f"{out_dir} already exists and is not empty; choose another folder or pass --overwrite")
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    # the finished folder replaces the old one in two renames; the old one is deleted only after
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^\w.=+-]+", "_", name).strip("_") or "config"
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for package in ("flashvsr-q", "torch", "pyiqa"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(parts)
 
 
 def evaluate(dataset: Dataset, configs: Sequence[EvalConfig], metrics: Sequence[str] = ("psnr", "ssim", "tdiff"),
              out_dir: str | os.PathLike | None = None, *, reference: str | None = None, scale: int = 4,
              seed: int = 0, device: str | torch.device | None = None, title: str = "Evaluation report",
-             say: Callable[[str], None] = log.info) -> EvalResults:
+             overwrite: bool = False, save_frames: bool = False, command: str | None = None,
+             load_model: ModelLoader | None = None, progress: Progress | None = None,
+             cancel: threading.Event | None = None, say: Callable[[str], None] = log.info) -> EvalResults:
     """Run every configuration over every clip, score the frames as they stream, and write the report.
 
     Args:
-        dataset: from :func:`flashvsr_q.eval.datasets.load_dataset`.
-        configs: rows of the table (names unique); :data:`BICUBIC` for the baseline.
-        metrics: registered metric names (``flashvsr_q.eval.METRICS``); full-reference ones are skipped with a note
-            on LR-only datasets, and any whose weights are missing are skipped with the ``MetricUnavailable`` note.
-        out_dir: report folder (``write_report`` files + ``configs`` section); None: nothing written.
+        dataset: from :func:`flashvsr_q.eval.datasets.load_dataset` (or ``video_dataset``).
+        configs: the configurations (names unique); :data:`BICUBIC` for the baseline.
+        metrics: registered metric names (``flashvsr_q.eval.METRICS``; :data:`DEFAULT_METRICS` is the paper's set).
+            Full-reference ones are skipped with a note on LR-only datasets, and any whose weights are missing are
+            skipped with the ``MetricUnavailable`` note.
+        out_dir: report folder (see :func:`write_eval_report`), written under a temporary name and renamed when
+            complete; None: nothing written.
         reference: the configuration deltas are taken against (default: the first non-bicubic one that ran).
         seed: the model's noise seed (the dataset has its own degradation seed).
+        device: where models and metrics run (default: CUDA when available).
+        overwrite: replace an existing, non-empty ``out_dir``.
+        save_frames: also write every output frame as PNG under ``out_dir/frames/<config>/<clip>/``.
+        command: the command line that made the report, recorded in it.
+        load_model: ``(config, device) -> model`` instead of :func:`load_config_model` (e.g. a cache); its
+            FlashVSRErrors mark the configuration skipped. The runner sets the attention backend either way.
+        progress: called with (runs done, runs in all, "config on clip") after each clip.
+        cancel: an Event; checked between clips and tiles, raises ``infer.Cancelled``.
 
     Returns:
         :class:`EvalResults`. Configurations that cannot run here are in ``skipped_configs`` with the reason.
 
     Raises:
-        FlashVSRError: bad input (empty or repeated configurations, unknown metric or reference, every
-            configuration failed); nothing is written then.
+        FlashVSRError: bad input (no or repeated configurations, a mistake in one, unknown metric or reference,
+            an existing output folder, no computable metric, no configuration that can run); nothing is written.
     """
-    from flashvsr_q.eval.temporal import build_temporal
+    configs = list(configs)
+    _check_inputs(configs, reference, metrics)
+    if save_frames and out_dir is None:
+        raise FlashVSRError("save_frames needs an output folder")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_output(out, overwrite)
+    meters = build_meters(metrics, dataset.has_gt, device, seed)
+    if meters.empty:
+        raise FlashVSRError("none of the asked metrics can be computed here: " + "; ".join(meters.skipped.values()))
+    staging = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        res = _run(dataset, configs, meters, reference, scale, seed, device, staging if save_frames else None,
+                   load_model or load_config_model, progress, cancel, say)
+        res.info.update({"metrics asked": ", ".join(metrics), "seed": f"{seed} (model noise)", "scale": str(scale),
+                         "versions": _versions()})
+        if command:
+            res.info["command"] = command
+        if out is not None and staging is not None:
+            files = write_eval_report(res, staging, title)
+            _publish(staging, out)
+            res.files = {kind: out / path.relative_to(staging) for kind, path in files.items()}
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return res
 
-    if not configs:
-        raise FlashVSRError("no configurations to evaluate")
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise FlashVSRError(f"configuration names repeat: {', '.join(names)}")
-    if reference is not None and reference not in names:
-        raise FlashVSRError(f"reference {reference!r} is not among the configurations: {', '.join(names)}")
-    if not metrics:
-        raise FlashVSRError("no metrics asked for")
-    frame, temporal, dover, skipped_metrics = _build_meters(metrics, dataset.has_gt, device)
-    if not frame and not temporal and not dover:
-        raise FlashVSRError("none of the asked metrics can be computed here: "
-                            + "; ".join(skipped_metrics.values()))
+
+def _run(dataset: Dataset, configs: list[EvalConfig], meters: Meters, reference: str | None, scale: int, seed: int,
+         device: str | torch.device | None, frames_root: Path | None, load_model: ModelLoader,
+         progress: Progress | None, cancel: threading.Event | None, say: Callable[[str], None]) -> EvalResults:
     results: dict = {}
     per_frame: dict = {}
-    skipped_configs: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    runs: dict[str, dict] = {}
+    clips: dict[str, dict] = {}
+    checkpoints: dict[str, str] = {}
+    total, done = len(configs) * len(dataset.clips), 0
     for config in configs:
         model = None
+        run: dict = {"tiles": {}}
         if config.kind == "model":
             try:
-                model = load_config_model(config, device)
+                model = load_model(config, device)
+                backend = model.set_attention(config.attention, model.device)
             except FlashVSRError as exc:
-                skipped_configs[config.name] = str(exc)
-                say(f"{config.name}: skipped ({exc})")
+                skipped[config.name] = str(exc).splitlines()[0]
+                say(f"{config.name}: skipped ({skipped[config.name]})")
+                done += len(dataset.clips)
                 continue
+            run.update(dtype=str(model.dtype).removeprefix("torch."), device=str(model.device),
+                       attention=backend.name)
+            key = str(config.checkpoint or "default")
+            if key not in checkpoints:
+                checkpoints[key] = checkpoint_fingerprint(config.checkpoint)
+        clock = [0.0]
         start = time.perf_counter()
         for clip in dataset.clips:
-            scorer = Scorer(frame, [build_temporal(n, device) for n in temporal])
-            writer, tmp = None, None
-            if dover:
-                from flashvsr_q.eval.clipio import ClipWriter
-
-                tmp = Path(tempfile.mkdtemp(prefix="flashvsr-q-eval-"))
-                writer = ClipWriter(tmp / "sr.mkv")  # lossless, for DOVER only
-            try:
-                gt_iter = clip.hr() if clip.hr is not None else None
-                for sr in _sr_frames(config, model, clip, scale, seed):
-                    gt = None
-                    if gt_iter is not None:
-                        gt = next(gt_iter, None)
-                        if gt is None:
-                            raise FlashVSRError(f"{clip.name}: GT has fewer frames than the output")
-                    scorer.update(sr, gt)
-                    if writer is not None:
-                        writer.write(sr)
-                values = scorer.finish()
-                if writer is not None:
-                    from flashvsr_q.eval.dover import dover_score
-
-                    score = dover_score(writer.close(), device, seed)
-                    writer = None
-                    values.update({k: [v] for k, v in score.as_results().items()})
-            finally:
-                if writer is not None:
-                    writer.abort()
-                if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
+            frames_dir = None if frames_root is None else \
+                frames_root / "frames" / _folder_name(config.name) / _folder_name(clip.name)
+            values, what = score_clip(config, model, clip, meters, scale=scale, seed=seed, clock=clock,
+                                      frames_dir=frames_dir, cancel=cancel)
             means = {k: float(np.mean(v)) if len(v) else float("nan") for k, v in values.items()}
             results.setdefault(config.name, {})[clip.name] = means
             per_frame.setdefault(config.name, {})[clip.name] = values
+            run["tiles"][clip.name] = what["tiles"]
+            clips.setdefault(clip.name, {"frames": what["frames"], "lr": what["lr"], "sr": what["sr"]})
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{config.name} on {clip.name}")
             say(f"{config.name} on {clip.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in means.items()))
         seconds[config.name] = time.perf_counter() - start
+        run["upscale_seconds"] = clock[0]
+        runs[config.name] = run
         del model
     if not results:
-        raise FlashVSRError("no configuration could run: " + "; ".join(f"{k}: {v}" for k, v in skipped_configs.items()))
+        raise FlashVSRError("no configuration could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     if reference is not None and reference not in results:
-        raise FlashVSRError(f"reference {reference!r} did not run: {skipped_configs.get(reference)}")
-    if reference is None and len(results) > 1:
-        ran = [c.name for c in configs if c.name in results]
+        raise FlashVSRError(f"reference {reference!r} did not run: {skipped.get(reference)}")
+    ran = [c.name for c in configs if c.name in results]
+    if reference is None and len(ran) > 1:
         reference = next((n for n in ran if n != BICUBIC.name), ran[0])
-    out = EvalResults(results, per_frame, skipped_metrics, skipped_configs, seconds, list(configs),
-                      reference if len(results) > 1 else None)
-    if out_dir is not None:
-        out.files = write_eval_report(out, out_dir, title)
-    return out
+    info = {"dataset": f"{dataset.name} ({dataset.kind}, {len(dataset.clips)} clips)"}
+    info.update({f"checkpoint {k}": v for k, v in checkpoints.items()})
+    return EvalResults(results, per_frame, dict(meters.skipped), skipped, seconds, configs,
+                       reference if len(ran) > 1 else None, runs, clips, info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def configs_markdown(res: EvalResults) -> str:
-    """The configurations section: what each row ran, its time, and the rows that were skipped (with why)."""
-    lines = ["## Configurations", "", "| Configuration | what it runs | seconds (all clips) |", "|---|---|---:|"]
+    """The configurations section: what each one ran, its times, and those that were skipped (with why)."""
+    lines = ["## Configurations", "",
+             "| Configuration | what it runs | ran with | tiles per clip | upscale s | total s |",
+             "|---|---|---|---|---:|---:|"]
     for c in res.configs:
-        if c.name in res.results:
-            lines.append(f"| {c.name} | {c.describe()} | {res.seconds.get(c.name, float('nan')):.1f} |")
+        if c.name not in res.results:
+            continue
+        run = res.runs.get(c.name, {})
+        ran_with = f"{run['dtype']} on {run['device']}, attention {run['attention']}" if "dtype" in run else "-"
+        tiles = ", ".join(run["tiles"].values()) if "dtype" in run else "-"
+        lines.append(f"| {c.name} | {c.describe()} | {ran_with} | {tiles} | {run.get('upscale_seconds', 0):.1f} | "
+                     f"{res.seconds.get(c.name, float('nan')):.1f} |")
     if res.skipped_configs:
         lines += ["", "Skipped configurations (cannot run here):", ""]
         lines += [f"- **{name}**: {reason}" for name, reason in res.skipped_configs.items()]
     return "\n".join(lines) + "\n"
 
 
-def write_eval_report(res: EvalResults, out_dir: str | os.PathLike, title: str = "Evaluation report") -> dict:
-    """``write_report`` plus the configurations section (appended to ``report.md``, and ``configs.json``)."""
-    import json
+def run_markdown(res: EvalResults) -> str:
+    """The run section: dataset and clips, seeds, versions, checkpoints, the command, and the table's layout."""
+    lines = ["## Run", ""]
+    lines += [f"- {key}: {value}" for key, value in res.info.items() if key != "command"]
+    for name, clip in res.clips.items():
+        lines.append(f"- clip {name}: {clip['frames']} frames, LR {clip['lr']} -> output {clip['sr']}")
+    lines.append("- table layout: one row per configuration, one column per metric (the transpose of the thesis' "
+                 "Table 1, which has one column per method); ↑/↓ say which way is better")
+    if "command" in res.info:
+        lines += ["", "Reproduce with:", "", "```", res.info["command"], "```"]
+    return "\n".join(lines) + "\n"
 
+
+def write_eval_report(res: EvalResults, out_dir: str | os.PathLike, title: str = "Evaluation report") -> dict:
+    """``eval.report.write_report`` plus the configurations and run sections, and ``configs.json``.
+
+    Files: ``report.md``, ``table.md``, ``per_clip.csv``, ``means.csv``, ``deltas.csv``, ``results.json``,
+    ``deltas.png``, ``<metric>_per_frame.png`` (see ``write_report``) and ``configs.json`` (every configuration,
+    whether it ran, how, and why not).
+    """
+    from flashvsr_q.eval.metrics import METRICS, base_name
     from flashvsr_q.eval.report import write_report
 
+    names = sorted({n for clips in res.per_frame.values() for values in clips.values() for n in values})
+    frame = [n for n in names if base_name(n) in METRICS and METRICS[base_name(n)].kind == "frame"]
+    frame_metric = "psnr" if "psnr" in frame else frame[0] if frame else "psnr"
     files = write_report(res.results, out_dir, reference=res.reference, per_frame=res.per_frame,
-                         skipped=res.skipped_metrics, title=title)
+                         skipped=res.skipped_metrics, title=title, frame_metric=frame_metric)
     report = files["report"]
-    report.write_text(report.read_text() + "\n" + configs_markdown(res))
+    report.write_text(report.read_text() + "\n" + configs_markdown(res) + "\n" + run_markdown(res))
     files["configs"] = Path(out_dir) / "configs.json"
     files["configs"].write_text(json.dumps({
-        "configs": [{**{f.name: getattr(c, f.name) for f in fields(c)}, "ran": c.name in res.results,
-                     "seconds": res.seconds.get(c.name)} for c in res.configs],
+        "configs": [{**c.as_dict(), "ran": c.name in res.results, "seconds": res.seconds.get(c.name),
+                     **res.runs.get(c.name, {})} for c in res.configs],
         "skipped_configs": res.skipped_configs, "skipped_metrics": res.skipped_metrics,
-        "reference": res.reference}, indent=2))
+        "reference": res.reference, "clips": res.clips, "info": res.info}, indent=2, ensure_ascii=False))
     return files
 
 
-__all__ = ["BICUBIC", "EvalConfig", "EvalResults", "bicubic_frames", "configs_markdown", "cross_product", "evaluate",
-           "load_config_model", "parse_config", "write_eval_report"]
+DOC_BEGIN = "<!-- flashvsr-q eval: begin -->"
+DOC_END = "<!-- flashvsr-q eval: end -->"
+
+
+def check_doc(doc: str | os.PathLike) -> tuple[str, str]:
+    """The text of a Markdown file before :data:`DOC_BEGIN` and after :data:`DOC_END` (markers excluded).
+
+    Raises:
+        FlashVSRError: the file or a marker is missing.
+    """
+    path = Path(doc)
+    if not path.is_file():
+        raise FlashVSRError(f"{path} does not exist")
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text or text.index(DOC_BEGIN) > text.index(DOC_END):
+        raise FlashVSRError(f"{path} needs the marker lines {DOC_BEGIN} and {DOC_END} (in that order)")
+    head, rest = text.split(DOC_BEGIN, 1)
+    return head, rest.split(DOC_END, 1)[1]
+
+
+def splice_markdown(doc: str | os.PathLike, res: EvalResults, levels: int = 2) -> Path:
+    """Replace the text between the :data:`DOC_BEGIN` and :data:`DOC_END` lines of a Markdown file with the report
+    (headings demoted by ``levels``, plot links relative to the file); written whole under a temporary name.
+
+    Raises:
+        FlashVSRError: the file or a marker is missing, or the report has not been written.
+    """
+    if "report" not in res.files:
+        raise FlashVSRError("the report has not been written (no output folder)")
+    path = Path(doc)
+    head, tail = check_doc(path)
+    body = res.files["report"].read_text()
+    body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", body, flags=re.M)
+    folder = Path(os.path.relpath(res.files["report"].parent, path.parent)).as_posix()
+    plots = [p for p in res.files.values() if p.suffix == ".png"]
+    body += "\n" + "\n\n".join(f"![{p.stem}]({folder}/{p.name})" for p in plots) + "\n" if plots else ""
+    body += f"\nAll files of this report (CSV, JSON, plots): [`{folder}/`]({folder}/).\n"
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(f"{head}{DOC_BEGIN}\n\n{body}\n{DOC_END}{tail}")
+    os.replace(tmp, path)
+    return path
+
+
+def describe_results(res: EvalResults, metrics: Sequence[str] | None = None) -> str:
+    """A compact text table of the means (rows: configurations) for the terminal."""
+    from flashvsr_q.eval.report import Report, column_title, fmt
+
+    report = Report(res.results, res.reference, res.skipped_metrics)
+    shown = [m for m in report.metrics if metrics is None or m in metrics or m.split(" (")[0] in metrics]
+    shown = [m for m in shown if any(isinstance(report.means[c][m], float) for c in report.configs)]
+    width = max(len(c) for c in report.configs) + 6
+    lines = ["".ljust(width) + "".join(column_title(m).rjust(14) for m in shown)]
+    for config in report.configs:
+        label = config + (" (ref)" if config == res.reference else "")
+        lines.append(label.ljust(width) + "".join(fmt(m, report.means[config][m]).rjust(14) for m in shown))
+    lines += [f"skipped {name}: {reason}" for name, reason in res.skipped_configs.items()]
+    lines += [f"{m}: {reason}" for m, reason in res.skipped_metrics.items()]
+    return "\n".join(lines)
+
+
+__all__ = ["BICUBIC", "DEFAULT_METRICS", "DOC_BEGIN", "DOC_END", "EvalConfig", "EvalResults", "Meters", "Scorer",
+           "bicubic_frames", "build_meters", "check_config", "check_doc", "configs_markdown", "cross_product",
+           "describe_results", "evaluate", "expand_all", "load_config_model", "parse_config", "run_markdown",
+           "score_clip", "splice_markdown", "sweep", "write_eval_report"]

@@ -47,7 +47,13 @@ class FrameDifferenceError:
         self._prev = (sr, gt)
 
     def values(self) -> list[float]:
+        """One value per consecutive pair seen so far."""
         return list(self._values)
+
+    def reset(self) -> None:
+        """Forget the previous frame and the values: ready for the next clip (models stay loaded)."""
+        self._prev = None
+        self._values = []
 
 
 class TLP:
@@ -72,7 +78,13 @@ class TLP:
         self._prev = (sr, gt)
 
     def values(self) -> list[float]:
+        """One value per consecutive pair seen so far."""
         return list(self._values)
+
+    def reset(self) -> None:
+        """Forget the previous frame and the values: ready for the next clip (models stay loaded)."""
+        self._prev = None
+        self._values = []
 
 
 def load_raft(device: str | torch.device | None = None) -> torch.nn.Module:
@@ -176,7 +188,13 @@ class WarpingError:
         self._prev = frame
 
     def values(self) -> list[float]:
+        """One value per consecutive pair seen so far."""
         return list(self._values)
+
+    def reset(self) -> None:
+        """Forget the previous frame and the values: ready for the next clip (models stay loaded)."""
+        self._prev = None
+        self._values = []
 
 
 def build_temporal(name: str, device: str | torch.device | None = None):
