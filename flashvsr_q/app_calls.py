@@ -11,8 +11,7 @@ pick which library function to call and with what. Long ones take ``report`` (a 
 - Calibrate: ``quant.calibration.calibrate`` + ``quant.sensitivity`` (``flashvsr-q calibrate --sensitivity``);
 - Write a recipe: ``quant.sensitivity.generate_recipe`` (``flashvsr-q sensitivity --budget``);
 - Export: ``quant.quantize_official`` + ``quant.save_compressed`` (``flashvsr-q quantize``);
-- Evaluate: ``eval.degrade_video``, ``infer.upscale``, the ``eval`` metrics and ``eval.write_report``, in sequence
-  (a stopgap for the ``flashvsr-q eval`` runner, which does not exist yet).
+- Evaluate: ``eval.datasets.video_dataset`` + ``eval.runner.evaluate`` (``flashvsr-q eval``).
 """
 
 from __future__ import annotations
@@ -375,67 +374,41 @@ def config_name(checkpoint: str | None, recipe: str | None) -> str:
 def run_evaluation(files: list[str], entries: list[tuple[str | None, str | None]], out: Path,
                    options: EvaluateOptions, report=None, cancel: threading.Event | None = None,
                    say: Callable[[str], None] = log.info) -> EvaluationResult:
-    """Compare configurations (checkpoint, recipe) on HR clips: ``eval.degrade_video`` makes each LR input,
-    ``infer.upscale`` runs every configuration, ``eval.compute_frame_metrics`` / ``compute_temporal_metrics`` score
-    the output against the HR clip, ``eval.write_report`` writes the report (deltas against the first one).
-
-    Stopgap: this sequence belongs to the library's ``flashvsr-q eval`` runner, which does not exist yet; when it
-    lands, this function should call it instead.
+    """What ``flashvsr-q eval --dataset FILE... --config NAME:checkpoint=C,recipe=R ...`` does: the uploaded HR
+    clips become a dataset (``eval.datasets.video_dataset``: LR made in memory by the degradation preset, seeded),
+    ``eval.runner.evaluate`` runs every (checkpoint, recipe) configuration (models from the tab's cache) and writes
+    the report into ``out/report`` (deltas against the first configuration).
     """
-    from flashvsr_q.eval.clipio import read_frames
-    from flashvsr_q.eval.degrade import degrade_video
-    from flashvsr_q.eval.metrics import METRICS, compute_frame_metrics, video_mean
-    from flashvsr_q.eval.report import Report, column_title, fmt, write_report
-    from flashvsr_q.eval.temporal import compute_temporal_metrics
-    from flashvsr_q.eval.weights import MetricUnavailable
-    from flashvsr_q.infer import upscale
-    from flashvsr_q.infer.pipeline import check_cancel
+    from flashvsr_q.eval.datasets import video_dataset
+    from flashvsr_q.eval.metrics import METRICS
+    from flashvsr_q.eval.report import Report, column_title, fmt
+    from flashvsr_q.eval.runner import EvalConfig, evaluate
 
     unknown = [m for m in options.metrics if m not in METRICS]
     if not options.metrics or unknown:
         raise FlashVSRError(f"choose metrics among {', '.join(METRICS)}"
                             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    frame = [m for m in options.metrics if METRICS[m].kind == "frame"]
-    temporal = [m for m in options.metrics if METRICS[m].kind == "temporal"]
-    out = Path(out)
-    clips = {Path(f).stem: Path(f) for f in files}
-    lr = {}
-    (out / "lr").mkdir(parents=True, exist_ok=True)
-    for name, hr in clips.items():
-        check_cancel(cancel)
-        lr[name] = degrade_video(hr, out / "lr" / f"{name}.mp4", preset=options.degradation, seed=options.seed).path
-        say(f"{name}: LR input made ({options.degradation})")
-    configs: dict[str, tuple[str | None, str | None]] = {}
+    dataset = video_dataset(files, degradation=options.degradation, seed=options.seed, name="uploaded clips")
+    configs: list[EvalConfig] = []
     for checkpoint, recipe in entries:
         name = config_name(checkpoint, recipe)
-        configs[name if name not in configs else f"{name} ({len(configs) + 1})"] = (checkpoint, recipe)
-    results, per_frame, skipped = {}, {}, {}
-    total, done = len(configs) * len(clips), 0
-    for config, (checkpoint, recipe) in configs.items():
-        model = MODELS.get(ModelChoice(checkpoint, recipe, options.dtype, options.device), say)
-        for name, hr in clips.items():
-            sr = out / "sr" / config / f"{name}.mp4"
-            sr.parent.mkdir(parents=True, exist_ok=True)
-            upscale(lr[name], sr, model=model, overwrite=True, show_progress=False, cancel=cancel, log=say)
-            values: dict[str, list[float]] = {}
-            for names, compute in ((frame, compute_frame_metrics), (temporal, compute_temporal_metrics)):
-                for metric in names:
-                    try:
-                        values.update(compute(read_frames(sr), read_frames(hr), [metric], device=options.device))
-                    except MetricUnavailable as exc:
-                        skipped[metric] = str(exc)
-            results.setdefault(config, {})[name] = video_mean(values)
-            per_frame.setdefault(config, {})[name] = values
-            done += 1
-            if report:
-                report(done, total, f"evaluating {config}", "runs")
-            say(f"{config} on {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[config][name].items()))
-    reference = next(iter(configs))
-    paths = write_report(results, out / "report", reference=reference if len(configs) > 1 else None,
-                         per_frame=per_frame, skipped=skipped, title="flashvsr-q app evaluation")
-    table = Report(results, reference if len(configs) > 1 else None, skipped)
+        name = name if name not in [c.name for c in configs] else f"{name} ({len(configs) + 1})"
+        configs.append(EvalConfig(name, checkpoint=checkpoint, recipe=recipe, attention="auto", tile="auto",
+                                  dtype=options.dtype))
+
+    def load(config: EvalConfig, device):
+        return MODELS.get(ModelChoice(config.checkpoint, config.recipe, options.dtype, options.device), say)
+
+    def progress(done: int, total: int, text: str) -> None:
+        if report:
+            report(done, total, f"evaluating {text}", "runs")
+
+    res = evaluate(dataset, configs, options.metrics, Path(out) / "report", device=options.device,
+                   title="flashvsr-q app evaluation", overwrite=True, load_model=load, progress=progress,
+                   cancel=cancel, say=say)
+    table = Report(res.results, res.reference, res.skipped_metrics)
     rows = [["configuration", *(column_title(m) for m in table.metrics)]]
     rows += [[config, *(fmt(m, table.means[config][m]) for m in table.metrics)] for config in table.configs]
-    plots = [str(p) for p in paths.values() if p.suffix == ".png"]
-    say(f"report written to {out / 'report'}")
-    return EvaluationResult(rows, plots, [str(p) for p in paths.values()])
+    plots = [str(p) for p in res.files.values() if p.suffix == ".png"]
+    say(f"report written to {Path(out) / 'report'}")
+    return EvaluationResult(rows, plots, [str(p) for p in res.files.values()])
