@@ -17,14 +17,11 @@ The result is the PTQ hand-off type :class:`~flashvsr_q.quant.stats.CalibrationS
 observer's per-tensor ranges ``meta["act_clip"][fqn]`` (of ``x``) and ``meta["smoothed_act_clip"][fqn]`` (of
 ``x / s``); :func:`static_scales` turns them into the static int8 scales of ``w8a8_int8_static``.
 
-Note to the PTQ author (stats.py / schemes.py): ``LayerCalibration.static_scale()`` derives the scale from
-``input_absmax`` (min-max only). To honour the percentile / MSE observers, please read the per-tensor ranges from
-``meta`` (or add ``act_clip`` / ``smoothed_act_clip`` fields that ``load`` fills from it): the static scale is
-``smoothed_act_clip / 127`` when smoothing is applied, ``act_clip / 127`` otherwise (see :func:`static_scale`).
-Both fall back to the min-max value when absent, so old files keep working. The one-line change in
-``ptq.layer_calibration``: build the entry from ``observer_absmax(calibration, fqn, wants_smoothing)`` instead of
-``stats.input_absmax`` (then ``static_scale()`` is right as it is). Per-pattern alphas would need
-``smoothquant: {alpha: 0.5, overrides: {PATTERN: ALPHA}}`` in the recipe; until then the CLI takes ``--alpha``.
+PTQ (``ptq.layer_calibration``) hands each layer :func:`observer_absmax` (the per-channel max clipped to the
+observer's range), so ``LayerCalibration.static_scale()`` equals :func:`static_scale`: percentile / MSE ranges reach
+the static scales, and files without ``act_clip`` fall back to min-max. Per-layer SmoothQuant alphas come from
+``alpha_overrides`` (``--alpha PATTERN=ALPHA``, or a recipe's ``smoothquant: {alpha: 0.5, overrides: {PATTERN:
+ALPHA}}`` through ``--recipe``); PTQ refuses factors made with another alpha than the recipe's.
 """
 
 from __future__ import annotations

@@ -365,10 +365,23 @@ def quality_table(checkpoint: str | os.PathLike | None = None, recipes: list[str
         model = load_checkpoint(checkpoint, dtype=torch.bfloat16)
         quantize_model(model, resolve_plan(recipe, model, "cpu"), calibration)
         rows.append(run(name, what, model, bf16_out)[0])
-    info = {"checkpoint": str(checkpoint), "clips": {k: f"{v.shape[-1]}x{v.shape[-2]}, {v.shape[0] - 4} frames"
+    dit_file = checkpoint / "diffusion_pytorch_model_streaming_dmd.safetensors"
+    identity = dit_file if dit_file.is_file() else checkpoint / "manifest.json"
+    info = {"checkpoint": str(checkpoint), "sha256": _sha256(identity)[:16] if identity.is_file() else None,
+            "clips": {k: f"{v.shape[-1]}x{v.shape[-2]}, {v.shape[0] - 4} frames"
                                                      for k, v in clips.items()},
             "calibration": stats.source_hash[:16] if stats is not None else None, "seed": seed, "color_fix": fix}
     return rows, info
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def quality_markdown(rows: list[QualityRow], info: dict) -> str:
@@ -391,7 +404,8 @@ def quality_markdown(rows: list[QualityRow], info: dict) -> str:
         lines.append(f"| {r.name} | {r.what} | " + " | ".join(cells) + " |")
     clips = "; ".join(f"{k} {v}" for k, v in info["clips"].items())
     lines.append("")
-    lines.append(f"Checkpoint `{info['checkpoint']}`; held-out clips: {clips}; noise seed {info['seed']}, "
+    identity = f" (DiT file SHA-256 {info['sha256']}…)" if info.get("sha256") else ""
+    lines.append(f"Checkpoint `{info['checkpoint']}`{identity}; held-out clips: {clips}; noise seed {info['seed']}, "
                  f"colour fix {info['color_fix']}; calibration set {info['calibration']} (builtin footage without "
                  f"{' / '.join(CALIBRATION_EXCLUDES)}). PSNR (RGB, dB) and SSIM of the 8-bit frames, mean over "
                  f"frames, then over clips.")
