@@ -263,6 +263,8 @@ def checkpoint_fingerprint(path: str | os.PathLike | None, limit: int = 256 << 2
 
     folder = Path(path) if path else default_checkpoint()
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    if folder.resolve().is_relative_to(Path.cwd()):
+        folder = folder.resolve().relative_to(Path.cwd())
     total = sum(p.stat().st_size for p in files)
     if total > limit:
         return f"{folder} (not hashed: {total / 1e6:.0f} MB)"

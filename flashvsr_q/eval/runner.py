@@ -529,7 +529,7 @@ DOC_END = "<!-- flashvsr-q eval: end -->"
 
 
 def check_doc(doc: str | os.PathLike) -> tuple[str, str]:
-    """The text of a Markdown file before :data:`DOC_BEGIN` and after :data:`DOC_END` (markers excluded).
+    """The text of a Markdown file before the :data:`DOC_BEGIN` line and after the :data:`DOC_END` line.
 
     Raises:
         FlashVSRError: the file or a marker is missing.
@@ -538,10 +538,13 @@ def check_doc(doc: str | os.PathLike) -> tuple[str, str]:
     if not path.is_file():
         raise FlashVSRError(f"{path} does not exist")
     text = path.read_text()
-    if DOC_BEGIN not in text or DOC_END not in text or text.index(DOC_BEGIN) > text.index(DOC_END):
-        raise FlashVSRError(f"{path} needs the marker lines {DOC_BEGIN} and {DOC_END} (in that order)")
-    head, rest = text.split(DOC_BEGIN, 1)
-    return head, rest.split(DOC_END, 1)[1]
+    # whole lines only, so the markers can be quoted in the document's prose
+    begin = re.search(rf"^{re.escape(DOC_BEGIN)}[ \t]*$", text, flags=re.M)
+    end = re.search(rf"^{re.escape(DOC_END)}[ \t]*$", text, flags=re.M)
+    if begin is None or end is None or begin.start() > end.start():
+        raise FlashVSRError(f"{path} needs the marker lines {DOC_BEGIN} and {DOC_END} (in that order, each on a "
+                            "line of its own)")
+    return text[: begin.start()], text[end.end():]
 
 
 def splice_markdown(doc: str | os.PathLike, res: EvalResults, levels: int = 2) -> Path:

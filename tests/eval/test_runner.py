@@ -248,11 +248,12 @@ def test_splice_puts_the_report_between_the_markers(reds, tmp_path):
     root, _ = reds
     doc = tmp_path / "docs" / "evaluation.md"
     doc.parent.mkdir()
-    doc.write_text(f"# Evaluation\n\nintro\n\n{DOC_BEGIN}\nold numbers\n{DOC_END}\n\nafter\n")
+    doc.write_text(f"# Evaluation\n\nintro quoting `{DOC_BEGIN}`\n\n{DOC_BEGIN}\nold numbers\n{DOC_END}\n\nafter\n")
     res = evaluate(load_dataset(root), [BICUBIC], ["psnr"], tmp_path / "docs" / "eval-report")
     splice_markdown(doc, res)
     text = doc.read_text()
-    assert text.startswith("# Evaluation\n\nintro\n\n" + DOC_BEGIN) and text.endswith(DOC_END + "\n\nafter\n")
+    assert text.startswith(f"# Evaluation\n\nintro quoting `{DOC_BEGIN}`\n\n{DOC_BEGIN}\n")
+    assert text.endswith(DOC_END + "\n\nafter\n")
     assert "old numbers" not in text and "### Evaluation report" in text and "| bicubic |" in text
     assert "![psnr_per_frame](eval-report/psnr_per_frame.png)" in text
     doc.write_text("no markers")
