@@ -140,6 +140,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (instead of --model)")
     parser.add_argument("--model", default="small", help="random-weight preset when no --checkpoint: "
                         "small, test, flashvsr-v1, flashvsr-v1.1 (default small)")
+    parser.add_argument("--recipe", default=None, help="comma-separated quantization recipes applied while loading; "
+                        "none = unquantized (default: none)")
     parser.add_argument("--attention", default="auto", help="comma-separated backends (default auto)")
     parser.add_argument("--tile", default="off", help="comma-separated --tile values (default off)")
     parser.add_argument("--dtype", default=None, help="comma-separated: fp32, bf16 (default per device)")

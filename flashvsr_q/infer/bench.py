@@ -9,6 +9,7 @@ output frame appears, i.e. after the largest chunk, and at the end: the last two
 with the number of frames), and the environment (device name, driver, torch, CUDA, CPU threads).
 
     flashvsr-q bench --model small --size 512x512 --frames 100,400 --tile off,256x32 -o results.json
+    flashvsr-q bench --checkpoint DIR --recipe none,int8-weight-only --device cuda -o quantized.json
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class BenchConfig:
     device: str | None = None
     vram: str | None = None
     seed: int = 0
+    recipe: str | None = None  # quantization recipe applied while loading (name or YAML path)
 
 
 def synthetic_frames(width: int, height: int, count: int, seed: int = 0):
@@ -87,13 +89,13 @@ def _cpu_name() -> str:
 
 
 def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
-    """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded)."""
+    """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded); quantized by ``cfg.recipe``."""
     from flashvsr_q.model import FlashVSR, get_config
 
     if cfg.checkpoint:
         from flashvsr_q.checkpoints import load_checkpoint
 
-        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device).eval()
+        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=cfg.recipe).eval()
     try:
         config = get_config(cfg.model)
     except ValueError as exc:
@@ -106,7 +108,12 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
             if "modulation" in name:
                 p.normal_(0, 0.1)  # zero adaLN would make every block an identity
         model.prompt.normal_(0, 0.5)
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    if cfg.recipe:
+        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+
+        quantize_model(model, resolve_plan(load_recipe(cfg.recipe), model, device))
+    return model
 
 
 def run_config(cfg: BenchConfig) -> dict:
@@ -189,7 +196,8 @@ def to_markdown(results: list[dict]) -> str:
     rows = [head, "|" + "---|" * 15]
     for r in results:
         c = r["config"]
-        rows.append(f"| {c['checkpoint'] or c['model']} | {r['backend']} | {r['dtype']} | "
+        model = (c["checkpoint"] or c["model"]) + (f" + {c['recipe']}" if c.get("recipe") else "")
+        rows.append(f"| {model} | {r['backend']} | {r['dtype']} | "
                     f"{'on' if c['compile'] else 'off'} | {c['width']}x{c['height']} | {r['frames_out']} | "
                     f"{r['tiling']} | {r['fps']:.3f} | {r['cpu_s']:.1f} | {r['first_output_s']:.2f} | "
                     f"{_gib(r['peak_allocated'])} | {_gib(r['peak_reserved'])} | {_gib(r['estimated_peak'])} | "
@@ -207,9 +215,10 @@ def _split(text: str | None) -> list:
 
 def configs_from_args(args) -> list[BenchConfig]:
     configs = []
-    for attention, tile, dtype, comp, size, frames in itertools.product(
-            _split(args.attention), _split(args.tile), _split(args.dtype), _split(args.compile), _split(args.size),
-            _split(args.frames)):
+    recipes = [None if r in (None, "none") else r for r in _split(getattr(args, "recipe", None))]
+    for recipe, attention, tile, dtype, comp, size, frames in itertools.product(
+            recipes, _split(args.attention), _split(args.tile), _split(args.dtype), _split(args.compile),
+            _split(args.size), _split(args.frames)):
         try:
             width, height = (int(v) for v in size.lower().split("x"))
             count = int(frames)
@@ -218,7 +227,7 @@ def configs_from_args(args) -> list[BenchConfig]:
         if comp not in ("on", "off"):
             raise FlashVSRError(f"--compile takes on/off, got {comp!r}")
         configs.append(BenchConfig(args.model, args.checkpoint, attention, tile, dtype, comp == "on", width, height,
-                                   count, args.scale, args.device, args.vram))
+                                   count, args.scale, args.device, args.vram, recipe=recipe))
     return configs
 
 

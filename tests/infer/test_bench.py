@@ -53,3 +53,14 @@ def test_bad_configuration():
         run_config(BenchConfig(model="test", width=10, height=8, frames=1, device="cpu"))
     with pytest.raises(FlashVSRError, match="unknown model config"):
         run_config(BenchConfig(model="huge", width=8, height=8, frames=1, device="cpu"))
+
+
+def test_recipes_are_a_dimension_and_quantize_the_model():
+    from flashvsr_q.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--recipe", "none,int8-weight-only", "--size", "8x8"])
+    assert [c.recipe for c in configs_from_args(args)] == [None, "int8-weight-only"]
+    plain, int8 = (run_config(BenchConfig(model="test", width=8, height=8, frames=1, device="cpu", dtype="fp32",
+                                          recipe=recipe)) for recipe in (None, "int8-weight-only"))
+    assert int8["estimated_peak"] < plain["estimated_peak"]  # the planner counts the quantized weights
+    assert "| test + int8-weight-only |" in to_markdown([int8])
