@@ -230,7 +230,7 @@ def check_config(config: EvalConfig) -> None:
         raise FlashVSRError(f"{where}: calibration statistics {config.calibration} do not exist")
 
 
-def load_config_model(config: EvalConfig, device: str | torch.device | None = None):
+def load_config_model(config: EvalConfig, device: str | torch.device | None = None) -> torch.nn.Module:
     """The model of a configuration: checkpoint, recipe applied on the fly, attention backend set.
 
     Raises:
