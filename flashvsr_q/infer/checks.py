@@ -179,10 +179,13 @@ def load_recipe_and_calibration(recipe, calibration):
         if calibration is not None:
             raise FlashVSRError("--calibration only applies with --recipe (the statistics are used while quantizing)")
         return None, None
-    from flashvsr_q.quant import CalibrationStats, Recipe, load_recipe
+    from flashvsr_q.quant import CalibrationStats, Recipe, RecipeError, load_recipe
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    if calibration is None and recipe.needs_calibration:
+        raise RecipeError(f"recipe {recipe.name} needs calibration statistics: run `flashvsr-q calibrate` and pass "
+                          "the result with --calibration")
     if calibration is not None and not isinstance(calibration, CalibrationStats):
         calibration = CalibrationStats.load(calibration)
     return recipe, calibration

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,18 +147,34 @@ def source_fingerprint(source) -> dict:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Config, then every parameter/buffer's name, type, shape, dtype and a strided sample of its values."""
+    """Config, then every parameter/buffer's name, type, shape, dtype and a strided sample of its values.
+
+    A quantized tensor subclass (torchao) is hashed through its parts: the inner tensors (integer data, scales)
+    and its metadata (block size, activation quantization), so that recipes with the same storage but another
+    computation (int8 weight-only vs w8a8, other static scales) do not look alike.
+    """
     h = hashlib.sha256(json.dumps(getattr(getattr(model, "config", None), "to_dict", dict)(), sort_keys=True,
                                   default=str).encode())
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         h.update(f"{name}|{type(t).__name__}|{tuple(t.shape)}|{t.dtype}".encode())
-        try:
-            flat = t.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 4096)][:4096]
-            h.update(sample.to("cpu", torch.float64).numpy().tobytes())
-        except (RuntimeError, NotImplementedError, TypeError):
-            pass  # a tensor subclass without reshape/cast: its type, shape and dtype were hashed above
+        _hash_values(h, t)
     return h.hexdigest()
+
+
+def _hash_values(h, t: torch.Tensor) -> None:
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, meta = t.__tensor_flatten__()
+        h.update(re.sub(r" at 0x[0-9a-f]+", "", repr(meta)).encode())  # no addresses: stable across processes
+        for part in names:
+            h.update(part.encode())
+            _hash_values(h, getattr(t, part))
+        return
+    try:
+        flat = t.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)][:4096]
+        h.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    except (RuntimeError, NotImplementedError, TypeError):
+        pass  # a tensor subclass without reshape/cast: its type, shape and dtype were hashed by the caller
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -268,6 +270,26 @@ def test_library_preflight_matches_the_loaded_model(checkpoint_dir, tmp_path):
     assert report.to_dict()["model"] == model.config.name and report.describe().startswith(str(tmp_path))
 
 
+def test_resume_fingerprint_tells_recipes_apart(checkpoint_dir):
+    from flashvsr_q.infer.checks import load_model
+    from flashvsr_q.infer.resume import model_fingerprint
+
+    def fingerprint(recipe):
+        model = load_model(checkpoint_dir, torch.float32, torch.device("cpu"), recipe=recipe, log=lambda m: None)
+        return model_fingerprint(model)
+
+    int8, w8a8 = fingerprint("int8-weight-only"), fingerprint("w8a8-int8")
+    assert len({int8, w8a8, fingerprint(None)}) == 3  # another recipe is refused
+    code = ("import sys, torch\n"
+            "from flashvsr_q.infer.checks import load_model\n"
+            "from flashvsr_q.infer.resume import model_fingerprint\n"
+            f"m = load_model({str(checkpoint_dir)!r}, torch.float32, torch.device('cpu'), recipe='w8a8-int8', "
+            "log=lambda m: None)\n"
+            "print(model_fingerprint(m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split()[-1] == w8a8  # the same recipe in another process (a resumed run) is accepted
+
+
 def test_variant_is_passed_to_official_folders_and_checked_against_recorded_ones(tmp_path, checkpoint_dir,
                                                                                   monkeypatch, capsys):
     import flashvsr_q.checkpoints as checkpoints
@@ -328,9 +350,6 @@ def test_bad_recipe_and_recipe_on_a_quantized_model_are_one_line_errors(tmp_path
 
 
 def test_public_names_are_lazy_and_video_io_does_not_import_torch():
-    import subprocess
-    import sys
-
     import flashvsr_q.infer as infer
 
     assert sorted(infer.__all__) == sorted(infer._MODULE_OF)
