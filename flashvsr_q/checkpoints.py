@@ -19,7 +19,7 @@ from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.model import FlashVSR, infer_config, is_official_layout, load_official
 
 if TYPE_CHECKING:
-    from flashvsr_q.quant import QuantPlan
+    from flashvsr_q.quant import CalibrationStats, QuantPlan, Recipe
 
 ENV_CHECKPOINT = "FLASHVSR_Q_CHECKPOINT"
 SHIPPED_SMALL = Path(__file__).resolve().parent.parent / "checkpoints" / "flashvsr-small"
@@ -47,7 +47,8 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 
 def load_checkpoint(
     path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu", variant: str = "v1.1", recipe=None, calibration=None,
+    device: torch.device | str = "cpu", variant: str = "v1.1", recipe: str | os.PathLike | Recipe | None = None,
+    calibration: str | os.PathLike | CalibrationStats | None = None,
     on_plan: Callable[[QuantPlan], None] | None = None,
 ) -> FlashVSR:
     """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly.

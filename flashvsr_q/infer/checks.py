@@ -15,11 +15,13 @@ quantized model's real size.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +33,12 @@ from flashvsr_q.infer.segments import OUTPUT_FORMATS, EncoderSettings
 from flashvsr_q.infer.tiling import Geometry, parse_tile
 from flashvsr_q.infer.video_io import IMAGE_EXTENSIONS, FrameSource, list_images, list_videos, open_source
 from flashvsr_q.model import FlashVSR
+
+if TYPE_CHECKING:
+    from flashvsr_q.quant import CalibrationStats, Recipe
+
+    RecipeLike = str | os.PathLike | Recipe
+    CalibrationLike = str | os.PathLike | CalibrationStats
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BATCH_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")  # other containers become .mp4 in batch mode
@@ -172,7 +180,8 @@ def plan_jobs(input_path: Path, output: Path, *, resume: bool = False, overwrite
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def load_recipe_and_calibration(recipe, calibration):
+def load_recipe_and_calibration(recipe: RecipeLike | None, calibration: CalibrationLike | None,
+                                ) -> tuple[Recipe | None, CalibrationStats | None]:
     """Read a recipe (name, YAML path or ``Recipe``) and statistics (path or ``CalibrationStats``) up front, so
     that a bad name or file is refused before the model loads; returns (recipe or None, statistics or None)."""
     if recipe is None:
@@ -192,7 +201,8 @@ def load_recipe_and_calibration(recipe, calibration):
 
 
 def load_model(checkpoint: str | Path | None, dtype: torch.dtype, device: torch.device, *, variant: str | None = None,
-               recipe=None, calibration=None, log: Log = log_stderr) -> FlashVSR:
+               recipe: RecipeLike | None = None, calibration: CalibrationLike | None = None,
+               log: Log = log_stderr) -> FlashVSR:
     """``load_checkpoint`` for the upscaler, optionally quantizing on the fly with ``recipe``.
 
     Args:
@@ -296,8 +306,9 @@ class Prepared:
         return Preflight.of(job.source, job.output if self.outputs_checked else None, geometry, memory, self.model)
 
 
-def prepare(input: str | Path, output: str | Path | None, *, checkpoint=None, model: FlashVSR | None = None,
-            recipe=None, variant: str | None = None, calibration=None, scale: int = 4, tile: str = "auto",
+def prepare(input: str | Path, output: str | Path | None, *, checkpoint: str | Path | None = None,
+            model: FlashVSR | None = None, recipe: RecipeLike | None = None, variant: str | None = None,
+            calibration: CalibrationLike | None = None, scale: int = 4, tile: str = "auto",
             vram: int | str | None = None, attention: str = "auto", color_fix: str = "adain",
             dtype: str | torch.dtype | None = None, device: str | torch.device | None = None, seed: int = 0,
             lcsa: LCSASettings | None = None, codec: str = "libx264", crf: float = 18, preset: str = "medium",
@@ -343,11 +354,12 @@ def prepare(input: str | Path, output: str | Path | None, *, checkpoint=None, mo
 
 
 def preflight(input: str | Path, output: str | Path | None = None, *, checkpoint: str | Path | None = None,
-              model: FlashVSR | None = None, recipe=None, variant: str | None = None, calibration=None,
-              scale: int = 4, tile: str = "auto", vram: int | str | None = None, attention: str = "auto",
-              color_fix: str = "adain", dtype: str | torch.dtype | None = None,
-              device: str | torch.device | None = None, lcsa: LCSASettings | None = None, resume: bool = False,
-              overwrite: bool = False, log: Log = log_stderr) -> list[Preflight]:
+              model: FlashVSR | None = None, recipe: RecipeLike | None = None, variant: str | None = None,
+              calibration: CalibrationLike | None = None, scale: int = 4, tile: str = "auto",
+              vram: int | str | None = None, attention: str = "auto", color_fix: str = "adain",
+              dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+              lcsa: LCSASettings | None = None, resume: bool = False, overwrite: bool = False,
+              log: Log = log_stderr) -> list[Preflight]:
     """What :func:`~flashvsr_q.infer.upscale` would run, one report per job, without decoding or writing anything.
 
     Takes the arguments of ``upscale`` (``output`` None: report the inputs only, without checking an output).

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -65,6 +66,9 @@ from flashvsr_q.infer.tiling import Geometry, TilePlan
 from flashvsr_q.infer.video_io import ImageFolderWriter, write_image
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
+
+if TYPE_CHECKING:
+    from flashvsr_q.infer.checks import CalibrationLike, RecipeLike
 
 DEFAULT_SEGMENT_FRAMES = 480  # output frames between resume snapshots (rounded to whole chunks of 8)
 
@@ -284,7 +288,8 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
 
 def upscale(
     input: str | Path, output: str | Path, *, checkpoint: str | Path | None = None, model: FlashVSR | None = None,
-    recipe=None, variant: str | None = None, calibration=None, scale: int = 4, tile: str = "auto",
+    recipe: RecipeLike | None = None, variant: str | None = None, calibration: CalibrationLike | None = None,
+    scale: int = 4, tile: str = "auto",
     vram: int | str | None = None, attention: str = "auto", color_fix: str = "adain",
     dtype: str | torch.dtype | None = None, device: str | torch.device | None = None, seed: int = 0,
     lcsa: LCSASettings | None = None, codec: str = "libx264", crf: float = 18, preset: str = "medium",
