@@ -55,6 +55,28 @@ class LossSettings:
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """One L-BFGS fit stage of the decoder (``flashvsr_q/train/decoder_fit.py``): ``rounds`` fresh batches of
+    ``clips`` crops (``crop`` output px, ``latents`` latent frames each), ``iterations`` L-BFGS steps per batch."""
+
+    rounds: int = 0
+    clips: int = 32
+    iterations: int = 30
+    crop: int = 64
+    latents: int = 2
+
+
+@dataclass(frozen=True)
+class FitStages:
+    """``path``: the designed picture path alone, on a fresh model before the gradient steps (not again on
+    ``--resume``); ``decoder``: every decoder weight with the DiT's latents, after the gradient steps and before
+    ``train.output_fit_clips`` (like that fit, applied at export and not stored in ``last.ckpt``)."""
+
+    path: FitSettings = field(default_factory=FitSettings)
+    decoder: FitSettings = field(default_factory=FitSettings)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Length and bookkeeping of the run."""
 
@@ -78,6 +100,7 @@ class TrainRecipe:
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     loss: LossSettings = field(default_factory=LossSettings)
+    fit: FitStages = field(default_factory=FitStages)
     train: RunSettings = field(default_factory=RunSettings)
 
     def to_dict(self) -> dict:

@@ -27,6 +27,7 @@ from flashvsr_q.data.clips import ClipDataModule, ClipSpec
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.model import FlashVSR, get_config
 from flashvsr_q.model.loading import save_official
+from flashvsr_q.train.decoder_fit import fit_decoder, fit_path
 from flashvsr_q.train.init import init_decoder_as_upscaler
 from flashvsr_q.train.output_fit import fit_output_layer
 from flashvsr_q.train.recipe import TrainRecipe
@@ -100,12 +101,14 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
 
     # 1. model, system, data
     model = init_model(recipe.model, recipe.seed, recipe.decoder_init)
+    spec = ClipSpec(size=recipe.data.size, batch_size=recipe.data.batch_size, weights=recipe.data.weights,
+                    latent_channels=model.config.latent_channels)
+    if not resume and recipe.fit.path.rounds > 0:  # resumed runs already hold the fitted path in last.ckpt
+        fit_path(model, spec, recipe.seed, recipe.fit.path)
     system = FlashVSRTrainingSystem(
         model, recipe.optim, recipe.loss, total_steps=recipe.train.max_steps, attention=recipe.attention,
         lcsa=LCSASettings(local_range=recipe.local_range, sparse_ratio=recipe.sparse_ratio))
-    data = ClipDataModule(ClipSpec(size=recipe.data.size, batch_size=recipe.data.batch_size,
-                                   weights=recipe.data.weights, latent_channels=model.config.latent_channels),
-                          seed=recipe.seed)
+    data = ClipDataModule(spec, seed=recipe.seed)
 
     # 2. trainer
     history = LossHistory()
@@ -128,6 +131,8 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     wall = time.monotonic() - start
     trainer.save_checkpoint(last)  # also when stopped by time, between the periodic checkpoints
     model_dir = out_dir / "model"
+    if recipe.fit.decoder.rounds > 0:
+        fit_decoder(model.eval(), spec, recipe.seed, recipe.fit.decoder)
     if recipe.train.output_fit_clips > 0:  # closed-form last layer (train/output_fit.py); not in last.ckpt
         fit_output_layer(model.eval(), data.spec, recipe.seed, recipe.train.output_fit_clips)
     if export:

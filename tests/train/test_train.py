@@ -134,3 +134,49 @@ def test_shipped_small_model_loads_and_is_small():
     model = load_checkpoint(SHIPPED_SMALL, dtype=torch.float32)
     assert model.config.name == "small"
     assert (SHIPPED / "README.md").is_file()
+
+
+def test_narrow_decoder_is_exactly_the_kept_channels_of_the_wide_one():
+    from flashvsr_q.train.decoder_fit import NarrowDecoder
+
+    model = random_model("test")
+    latents, cond = torch.randn(1, 2, 16, 4, 4), random_lr(5)[..., :32, :32]
+    narrow = NarrowDecoder(model, widths=(8, 6, 5, 4))
+    with torch.no_grad():
+        for p in narrow.decoder.parameters():  # a "fit": any change of the narrow weights
+            p.add_(0.05 * torch.randn_like(p))
+        narrow_out = decode_parallel(narrow.decoder, latents, cond)
+        narrow.write_back()
+        wide_out = decode_parallel(model.decoder, latents, cond)
+    # the wide decoder's RGB output reads the first 4 channels of its last stage: the narrow path, exactly
+    torch.testing.assert_close(wide_out, narrow_out, atol=1e-5, rtol=1e-5)
+
+
+def test_lbfgs_fit_stages_lower_the_loss_and_are_reproducible():
+    from flashvsr_q.train.decoder_fit import fit_decoder, fit_path
+    from flashvsr_q.train.recipe import FitSettings
+
+    spec = ClipSpec(size=128, latent_channels=16)
+    settings = FitSettings(rounds=2, clips=2, iterations=4, crop=32, latents=2)
+    runs = []
+    for _ in range(2):
+        model = random_model("test")
+        path = fit_path(model, spec, 0, settings, widths=(8, 6, 5, 4))
+        decoder = fit_decoder(model, spec, 0, settings)
+        runs.append((path, decoder, [p.clone() for p in model.decoder.parameters()]))
+    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][2], runs[1][2]))
+    # each round's batch is fresh, so compare a fixed batch before and after
+    from flashvsr_q.train.decoder_fit import crops
+
+    model = random_model("test")
+    batch = crops(model, spec, 5, 7, settings, True, torch.Generator().manual_seed(0))
+
+    def mse() -> float:
+        with torch.no_grad():
+            return float((decode_parallel(model.decoder, batch[0], batch[1]).transpose(1, 2) * 2 - 1 - batch[2])
+                          .pow(2).mean())
+
+    before = mse()
+    fit_decoder(model, spec, 0, FitSettings(rounds=3, clips=4, iterations=8, crop=32, latents=2))
+    assert mse() < before
