@@ -68,9 +68,9 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class FitStages:
-    """``path``: the designed picture path alone, on a fresh model before the gradient steps (not again on
-    ``--resume``); ``decoder``: every decoder weight with the DiT's latents, after the gradient steps and before
-    ``train.output_fit_clips`` (like that fit, applied at export and not stored in ``last.ckpt``)."""
+    """Both run on a fresh model, before the gradient steps (a resumed run holds their result in ``last.ckpt``):
+    ``path`` fits the designed picture path alone, then ``decoder`` every decoder weight with the DiT's latents
+    (after the path fit nothing reads the latents; this stage opens that route before the DiT trains)."""
 
     path: FitSettings = field(default_factory=FitSettings)
     decoder: FitSettings = field(default_factory=FitSettings)

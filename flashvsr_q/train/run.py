@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,12 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     model = init_model(recipe.model, recipe.seed, recipe.decoder_init)
     spec = ClipSpec(size=recipe.data.size, batch_size=recipe.data.batch_size, weights=recipe.data.weights,
                     latent_channels=model.config.latent_channels)
-    if not resume and recipe.fit.path.rounds > 0:  # resumed runs already hold the fitted path in last.ckpt
-        fit_path(model, spec, recipe.seed, recipe.fit.path)
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if progress else log.info  # noqa: E731
+    if not resume:  # a resumed run holds the fitted decoder in last.ckpt
+        if recipe.fit.path.rounds > 0:
+            fit_path(model, spec, recipe.seed, recipe.fit.path, say)
+        if recipe.fit.decoder.rounds > 0:
+            fit_decoder(model, spec, recipe.seed, recipe.fit.decoder, say)
     system = FlashVSRTrainingSystem(
         model, recipe.optim, recipe.loss, total_steps=recipe.train.max_steps, attention=recipe.attention,
         lcsa=LCSASettings(local_range=recipe.local_range, sparse_ratio=recipe.sparse_ratio))
@@ -131,8 +136,6 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     wall = time.monotonic() - start
     trainer.save_checkpoint(last)  # also when stopped by time, between the periodic checkpoints
     model_dir = out_dir / "model"
-    if recipe.fit.decoder.rounds > 0:
-        fit_decoder(model.eval(), spec, recipe.seed, recipe.fit.decoder)
     if recipe.train.output_fit_clips > 0:  # closed-form last layer (train/output_fit.py); not in last.ckpt
         fit_output_layer(model.eval(), data.spec, recipe.seed, recipe.train.output_fit_clips)
     if export:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from helpers import random_lr, random_model
 from PIL import Image
+from quant.quant_helpers import sqnr
 
 from flashvsr_q.cli import main
 from flashvsr_q.model import SeededNoise, run_clip, save_official
@@ -35,19 +36,6 @@ from flashvsr_q.quant.recipes import RECIPES_DIR
 from flashvsr_q.quant.schemes import get_scheme
 from flashvsr_q.quant.smoothquant import SmoothedLinear, alpha_for, apply_smoothing, smoothing_factors
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: OpenMP spin-waiting makes two threads many times slower than one under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()))
 
 
 def write_video(path, frames: int = 41, size: int = 128, seed: int = 0) -> None:

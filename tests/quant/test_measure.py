@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from helpers import random_model
 
 from flashvsr_q.model import save_official
 from flashvsr_q.quant.measure import STATIC_VARIANTS, quality_markdown, quality_table
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quality_table_rows_and_markdown(tmp_path):

@@ -38,14 +38,6 @@ from flashvsr_q.quant.schemes import get_scheme
 QAT_RECIPE = "recipes/qat-w4a8.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lively_model(seed: int = 0):
     """The ``test`` preset with a decoder whose output depends on the latents (the random one is nearly constant)."""
     model = random_model("test", seed)

@@ -31,14 +31,6 @@ BROKEN = "dit.blocks.1.ffn.0"
 BLOCK1 = r"dit\.blocks\.1\.((self_attn|cross_attn)\.(q|k|v|o)|ffn\.(0|2))"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def broken_model():
     """The test model with one outlier input column in ``BROKEN``: per-row int8 must spend its whole range on it."""
     model = random_model("test")

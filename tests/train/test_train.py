@@ -14,7 +14,7 @@ from flashvsr_q.model.streaming import FlashVSRStream, tensor_noise
 from flashvsr_q.model.tc_decoder import DecoderState
 from flashvsr_q.train.forward import conditioning_with_grad, decode_parallel, forward_first_chunk
 from flashvsr_q.train.init import init_decoder_as_upscaler
-from flashvsr_q.train.recipe import OptimSettings, RecipeError, TrainRecipe, load_recipe
+from flashvsr_q.train.recipe import FitStages, OptimSettings, RecipeError, TrainRecipe, load_recipe
 from flashvsr_q.train.system import FlashVSRTrainingSystem, video_loss
 
 RECIPE = REPO / "recipes" / "train-small.yaml"
@@ -24,7 +24,7 @@ SHIPPED = REPO / "checkpoints" / "flashvsr-small"
 def tiny_recipe(**changes) -> TrainRecipe:
     """The shipped recipe at the ``test`` size (random decoder init: the upscaler init needs c0 >= 48)."""
     base = load_recipe(RECIPE).replace(model="test", decoder_init="random", train__max_steps=3,
-                                       train__checkpoint_every=100, train__max_minutes=None)
+                                       train__checkpoint_every=100, train__max_minutes=None, fit=FitStages())
     return base.replace(**changes)
 
 
