@@ -45,8 +45,10 @@ class AttentionBackend:
 
 
 _REGISTRY: dict[str, AttentionBackend] = {}
-# preference order for "auto": fast kernels first, the portable exact gather last
-AUTO_ORDER = ("block_sparse", "sparse")
+# preference order for "auto": fast kernels first, the portable exact gather last. The kernels are candidates on
+# CUDA only: on CPU "triton" can run under Triton's interpreter (for tests), which is far slower than "sparse".
+AUTO_ORDER = ("block_sparse", "triton", "sparse")
+AUTO_CUDA_ONLY = frozenset({"block_sparse", "triton"})
 
 
 def _always(_: torch.device) -> str | None:
@@ -93,6 +95,8 @@ def get_backend(name: str, device: torch.device | str = "cpu") -> AttentionBacke
     device = torch.device(device)
     if name == "auto":
         for candidate in AUTO_ORDER:
+            if candidate in AUTO_CUDA_ONLY and device.type != "cuda":
+                continue
             if _REGISTRY[candidate].unavailable(device) is None:
                 log.info("attention backend 'auto' chose %r on %s", candidate, device)
                 return _REGISTRY[candidate]
@@ -108,4 +112,4 @@ def get_backend(name: str, device: torch.device | str = "cpu") -> AttentionBacke
 
 def _load_builtin_backends() -> None:
     # Imported lazily so that registering happens exactly once and optional kernels load only when asked for.
-    from flashvsr_q.attention import block_sparse, dense, flex, sage, sparse  # noqa: F401
+    from flashvsr_q.attention import block_sparse, dense, flex, sage, sparse, triton_sparse  # noqa: F401

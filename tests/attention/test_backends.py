@@ -76,7 +76,7 @@ def test_auto_picks_and_unknown_or_unavailable_fail_loudly():
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="block_sparse.*CUDA.*available"):
             get_backend("block_sparse", "cpu")
-    assert set(backend_names()) >= {"dense", "sparse", "flex", "block_sparse", "sage", "sparge", "full"}
+    assert set(backend_names()) >= {"dense", "sparse", "flex", "block_sparse", "triton", "sage", "sparge", "full"}
 
 
 def test_sparse_bounds_its_gather(monkeypatch):
@@ -89,7 +89,7 @@ def test_sparse_bounds_its_gather(monkeypatch):
 
 @requires_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["sparse", "flex", "sage", "sparge", "block_sparse"])
+@pytest.mark.parametrize("name", ["sparse", "flex", "sage", "sparge", "block_sparse", "triton"])
 def test_cuda_backend_matches_dense(name):
     if available_backends("cuda")[name] is not None:
         pytest.skip(available_backends("cuda")[name])
