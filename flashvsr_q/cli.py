@@ -76,8 +76,8 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
                         "rounded to the 128-px output grid (e.g. 256x32)")
     parser.add_argument("--vram", default=None, help="device memory budget for --tile auto, e.g. 8GB (default: "
                         "free CUDA memory; no limit on CPU)")
-    parser.add_argument("--attention", default="auto", help="auto, sparse, dense, sage, sparge, flex, block_sparse "
-                        "or full (auto picks the fastest available and says which)")
+    parser.add_argument("--attention", default="auto", help="auto, sparse, dense, sage, sparge, flex, block_sparse, "
+                        "triton or full (auto picks the fastest available and says which)")
     parser.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"),
                         help="colour correction against the upsampled input (default adain, as the official code)")
     parser.add_argument("--dtype", default=None, choices=("bf16", "fp32", "fp16"),

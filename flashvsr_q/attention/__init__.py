@@ -1,6 +1,6 @@
 """Attention for the FlashVSR DiT: LCSA block selection and a registry of backends selected by name.
 
-    backend = get_backend("auto", device)     # or "sparse", "dense", "sage", "sparge", "flex", "block_sparse", "full"
+    backend = get_backend("auto", device)     # or "sparse", "dense", "triton", ... (backend_names())
     out = backend(q, k, v, block_mask)        # q [B, H, Lq, d]; k, v [B, H, Lk, d]; block_mask [B, H, Lq/128, Lk/128]
 """
 
