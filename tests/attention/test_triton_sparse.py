@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, requires_cuda
+from helpers import REPO, random_lr, random_model, requires_cuda
 
 from flashvsr_q.attention import available_backends, get_backend
 from flashvsr_q.errors import BackendUnavailable
@@ -128,6 +128,21 @@ def test_strided_batched_inputs(d):
     mask[0, 0, 0] = False
     out = triton_block_sparse_attention(q, k, v, mask)
     assert out.is_contiguous() and rel(out, dense(q, k, v, mask)) < 1e-5
+
+
+@pytest.mark.slow
+@interpreted
+def test_model_end_to_end():
+    """The `test` model (head dim 32) on a 25-frame clip: the same frames as with `sparse` (~5 s interpreted)."""
+    from flashvsr_q.model.streaming import SeededNoise, run_clip
+
+    model, lr = random_model("test"), random_lr(frames=25, height=128, width=256)
+    frames = {}
+    for name in ("sparse", "triton"):
+        model.set_attention(name, "cpu")
+        with torch.no_grad():
+            frames[name], _ = run_clip(model, lr, SeededNoise(0, model.config.latent_channels, 16, 32))
+    assert rel(frames["triton"], frames["sparse"]) < 1e-6
 
 
 def test_bad_inputs_fail_loudly():
