@@ -100,7 +100,8 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     torch.set_num_threads(recipe.train.threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
 
-    # 1. model, system, data
+    # 1. model (+ the decoder fits on a fresh run), system, data
+    start = time.monotonic()
     model = init_model(recipe.model, recipe.seed, recipe.decoder_init)
     spec = ClipSpec(size=recipe.data.size, batch_size=recipe.data.batch_size, weights=recipe.data.weights,
                     latent_channels=model.config.latent_channels)
@@ -131,16 +132,14 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
         enable_model_summary=progress, num_sanity_val_steps=0, default_root_dir=out_dir)
 
     # 3. fit (resumes optimiser, scheduler and step count), then checkpoint and export
-    start = time.monotonic()
     trainer.fit(system, datamodule=data, ckpt_path=str(last) if resume else None)
-    wall = time.monotonic() - start
     trainer.save_checkpoint(last)  # also when stopped by time, between the periodic checkpoints
     model_dir = out_dir / "model"
     if recipe.train.output_fit_clips > 0:  # closed-form last layer (train/output_fit.py); not in last.ckpt
         fit_output_layer(model.eval(), data.spec, recipe.seed, recipe.train.output_fit_clips)
     if export:
         save_official(model, model_dir, overwrite=True)
-    result = TrainResult(trainer.global_step, wall, history.losses, model_dir, last)
+    result = TrainResult(trainer.global_step, time.monotonic() - start, history.losses, model_dir, last)
     _write_summary(out_dir / "train-summary.json", recipe, result)
     return result
 
