@@ -15,7 +15,7 @@ the layouts :func:`flashvsr_q.eval.metrics.to_tensor` accepts) and read one valu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,24 +27,18 @@ from flashvsr_q.eval.weights import MetricUnavailable, require
 TEMPORAL_METRICS = ("ewarp", "tlp", "tdiff")
 
 
-class FrameDifferenceError:
-    """``tdiff``: mean absolute difference between SR's and GT's frame-to-frame changes, in 8-bit levels."""
-
-    name = "tdiff"
-    needs_reference = True
+class PairMeter:
+    """A streaming meter over consecutive frames: keeps the previous frame only and one value per pair."""
 
     def __init__(self) -> None:
-        self._prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prev = None
         self._values: list[float] = []
 
-    def update(self, sr: torch.Tensor, gt: torch.Tensor | None = None) -> None:
-        if gt is None:
-            raise FlashVSRError("tdiff needs GT frames")
-        sr, gt = to_tensor(sr), to_tensor(gt)
+    def _push(self, current, score: Callable[[object, object], float]) -> None:
+        """Record ``score(previous, current)`` (from the second frame on) and make ``current`` the previous one."""
         if self._prev is not None:
-            change = (sr - self._prev[0]) - (gt - self._prev[1])
-            self._values.append(float(change.abs().mean()) * 255)
-        self._prev = (sr, gt)
+            self._values.append(score(self._prev, current))
+        self._prev = current
 
     def values(self) -> list[float]:
         """One value per consecutive pair seen so far."""
@@ -56,35 +50,34 @@ class FrameDifferenceError:
         self._values = []
 
 
-class TLP:
+class FrameDifferenceError(PairMeter):
+    """``tdiff``: mean absolute difference between SR's and GT's frame-to-frame changes, in 8-bit levels."""
+
+    name = "tdiff"
+    needs_reference = True
+
+    def update(self, sr: torch.Tensor, gt: torch.Tensor | None = None) -> None:
+        if gt is None:
+            raise FlashVSRError("tdiff needs GT frames")
+        self._push((to_tensor(sr), to_tensor(gt)),
+                   lambda prev, cur: float(((cur[0] - prev[0]) - (cur[1] - prev[1])).abs().mean()) * 255)
+
+
+class TLP(PairMeter):
     """``tlp``: how much SR's perceptual frame-to-frame change differs from GT's (LPIPS, x100)."""
 
     name = "tlp"
     needs_reference = True
 
     def __init__(self, device: str | torch.device | None = None) -> None:
+        super().__init__()
         self.lpips = build_metric("lpips", device)  # raises MetricUnavailable naming the LPIPS files
-        self._prev: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._values: list[float] = []
 
     def update(self, sr: torch.Tensor, gt: torch.Tensor | None = None) -> None:
         if gt is None:
             raise FlashVSRError("tlp needs GT frames")
-        sr, gt = to_tensor(sr), to_tensor(gt)
-        if self._prev is not None:
-            gt_change = self.lpips(self._prev[1], gt)
-            sr_change = self.lpips(self._prev[0], sr)
-            self._values.append(abs(gt_change - sr_change) * 100)
-        self._prev = (sr, gt)
-
-    def values(self) -> list[float]:
-        """One value per consecutive pair seen so far."""
-        return list(self._values)
-
-    def reset(self) -> None:
-        """Forget the previous frame and the values: ready for the next clip (models stay loaded)."""
-        self._prev = None
-        self._values = []
+        self._push((to_tensor(sr), to_tensor(gt)),
+                   lambda prev, cur: abs(self.lpips(prev[1], cur[1]) - self.lpips(prev[0], cur[0])) * 100)
 
 
 def load_raft(device: str | torch.device | None = None) -> torch.nn.Module:
@@ -144,7 +137,7 @@ def occlusion_mask(flow_fw: torch.Tensor, flow_bw: torch.Tensor) -> torch.Tensor
     return consistent & smooth & inside
 
 
-class WarpingError:
+class WarpingError(PairMeter):
     """``ewarp``: masked MSE between frame t and frame t+1 warped back by RAFT flow, x1000 (SR clip only).
 
     ``flow`` may be given (any callable ``(a, b) -> [N, 2, H, W]`` flow from a to b in pixels, inputs ``[N, 3, H, W]``
@@ -156,13 +149,12 @@ class WarpingError:
 
     def __init__(self, device: str | torch.device | None = None, flow=None, half_resolution: bool = True,
                  iterations: int = 20) -> None:
+        super().__init__()
         self.device = resolve_device(device)
         self.raft = None if flow is not None else load_raft(self.device)
         self.flow = flow or self._raft_flow
         self.half_resolution = half_resolution
         self.iterations = iterations
-        self._prev: torch.Tensor | None = None
-        self._values: list[float] = []
 
     @torch.no_grad()
     def _raft_flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -175,26 +167,18 @@ class WarpingError:
         frame = to_tensor(sr).to(self.device)
         if self.half_resolution:
             frame = F.interpolate(frame, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=False)
-        if self._prev is not None:
-            flow_fw = self.flow(self._prev, frame)
-            flow_bw = self.flow(frame, self._prev)
-            warped, _ = backward_warp(frame, flow_fw)
-            mask = occlusion_mask(flow_fw, flow_bw).to(frame.dtype)
-            # mean over the three channels of the masked pixels; an all-occluded pair falls back to the full frame
-            count = mask.sum() * frame.shape[1]
-            diff = (warped - self._prev).pow(2) * mask
-            error = diff.sum() / count if count > 0 else (warped - self._prev).pow(2).mean()
-            self._values.append(float(error) * 1000)
-        self._prev = frame
+        self._push(frame, self._pair_error)
 
-    def values(self) -> list[float]:
-        """One value per consecutive pair seen so far."""
-        return list(self._values)
-
-    def reset(self) -> None:
-        """Forget the previous frame and the values: ready for the next clip (models stay loaded)."""
-        self._prev = None
-        self._values = []
+    def _pair_error(self, prev: torch.Tensor, frame: torch.Tensor) -> float:
+        flow_fw = self.flow(prev, frame)
+        flow_bw = self.flow(frame, prev)
+        warped, _ = backward_warp(frame, flow_fw)
+        mask = occlusion_mask(flow_fw, flow_bw).to(frame.dtype)
+        # mean over the three channels of the masked pixels; an all-occluded pair falls back to the full frame
+        count = mask.sum() * frame.shape[1]
+        diff = (warped - prev).pow(2) * mask
+        error = diff.sum() / count if count > 0 else (warped - prev).pow(2).mean()
+        return float(error) * 1000
 
 
 def build_temporal(name: str, device: str | torch.device | None = None):
