@@ -243,6 +243,18 @@ def _run(model: FlashVSR, clips: Sequence[CalibrationClip], seed: int) -> list[t
     return out
 
 
+def _score_swapped(model: nn.Module, fqns: Sequence[str], replacement, clips, seed, reference) -> dict[str, float]:
+    """:func:`_score` with the layers ``fqns`` replaced by ``replacement(fqn)``, then put back (also on error)."""
+    originals = {fqn: model.get_submodule(fqn) for fqn in fqns}
+    try:
+        for fqn in fqns:
+            _swap(model, fqn, replacement(fqn))
+        return _score(model, clips, seed, reference)
+    finally:
+        for fqn, module in originals.items():
+            _swap(model, fqn, module)
+
+
 def _score(model, clips, seed, reference) -> dict[str, float]:
     sums = ErrorSums()
     for (ref, ref_latents), (out, latents) in zip(reference, _run(model, clips, seed)):
@@ -289,27 +301,13 @@ def analyze_sensitivity(
     for index, (name, members) in enumerate(groups.items()):
         if progress:
             progress(name, index, len(groups))
-        originals = {fqn: model.get_submodule(fqn) for fqn in members}
-        try:
-            for fqn in members:
-                _swap(model, fqn, quantized_copy(fqn))
-            scores = _score(model, clips, seed, reference)
-        finally:
-            for fqn, module in originals.items():
-                _swap(model, fqn, module)
-        params = sum(originals[f].weight.numel() + (originals[f].bias.numel() if originals[f].bias is not None else 0)
-                     for f in members)
-        size = sum(quantized_bytes(originals[f], scheme, per_layer.get(f)) for f in members)
+        scores = _score_swapped(model, members, quantized_copy, clips, seed, reference)
+        linears = [model.get_submodule(f) for f in members]
+        params = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in linears)
+        size = sum(quantized_bytes(m, scheme, per_layer.get(f)) for f, m in zip(members, linears))
         results.append(GroupResult(name, members, params, size, **scores))
 
-    originals = {fqn: model.get_submodule(fqn) for fqn in fqns}
-    try:
-        for fqn in fqns:
-            _swap(model, fqn, quantized_copy(fqn))
-        all_quantized = _score(model, clips, seed, reference)
-    finally:
-        for fqn, module in originals.items():
-            _swap(model, fqn, module)
+    all_quantized = _score_swapped(model, fqns, quantized_copy, clips, seed, reference)
 
     candidates = set(fqns)
     other = sum(tensor_bytes(t) // t.element_size() * 2 if t.is_floating_point() else tensor_bytes(t)
