@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flashvsr_q.model import FlashVSR, get_config
+from flashvsr_q.model.configs import FlashVSRConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLASHVSR_Q_SHARED", REPO.parent / "shared"))
@@ -17,9 +18,10 @@ CONFORMANCE = SHARED / "conformance"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def random_model(name: str = "test", seed: int = 0, variant: str | None = None) -> FlashVSR:
-    """A model of preset ``name`` with deterministic random weights (modulations and norms perturbed too)."""
-    config = get_config(name)
+def random_model(name: str | FlashVSRConfig = "test", seed: int = 0, variant: str | None = None) -> FlashVSR:
+    """A model of preset ``name`` (or of a config) with deterministic random weights (modulations and norms
+    perturbed too)."""
+    config = name if isinstance(name, FlashVSRConfig) else get_config(name)
     if variant is not None:
         config = config.replace(lq_variant=variant)
     torch.manual_seed(seed)

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import random_model
 
 from flashvsr_q.model import FlashVSR, get_config, save_official
 from flashvsr_q.model.streaming import CHUNK_FRAMES, FIRST_CHUNK_OUTPUT, LOOKAHEAD, ChunkOutput, StreamState
@@ -45,15 +46,7 @@ def identity_stream(monkeypatch):
 
 def fast_model() -> FlashVSR:
     """The `test` preset with a narrower decoder (8 channels per stage): every code path, ~2x cheaper on CPU."""
-    config = get_config("test").replace(name="test-fast", decoder_channels=(8, 8, 8, 8))
-    torch.manual_seed(0)
-    model = FlashVSR(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "modulation" in name or "norm" in name or "gamma" in name:
-                p.add_(0.1 * torch.randn_like(p))
-        model.prompt.normal_(0, 0.5)
-    return model.eval()
+    return random_model(get_config("test").replace(name="test-fast", decoder_channels=(8, 8, 8, 8)))
 
 
 @pytest.fixture(scope="session")
