@@ -59,7 +59,8 @@ class NarrowDecoder:
         with torch.no_grad():
             for (name, wide), narrow in zip(_convs(decoder), (m for _, m in _convs(self.decoder)), strict=True):
                 rows, cols = _kept(name, wide, narrow)
-                dropped = [j for j in range(wide.in_channels) if j not in set(cols)]
+                kept = set(cols)
+                dropped = [j for j in range(wide.in_channels) if j not in kept]
                 w = wide.weight[rows]
                 w[:, dropped] = 0
                 wide.weight[rows] = w
