@@ -6,4 +6,5 @@
     system.py   the LightningModule (step, loss, optimiser)
     run.py      Trainer, checkpoints, resume, export in the official layout
     measure.py  held-out PSNR/SSIM against bicubic through the full inference path
+    bounds.py   closed-form linear upsamplers: how far the decoder's layout and its designed start can go
 """
