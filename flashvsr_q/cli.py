@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_json, write_text
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -467,7 +468,6 @@ def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_qat(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -492,9 +492,8 @@ def run_qat(args: argparse.Namespace) -> int:
         table, results, summary = compare_ptq_qat(recipe, args.checkpoint, result.model_dir,
                                                   chunks=recipe.settings.data.chunks)
         report = Path(args.output) / "qat-report"
-        report.with_suffix(".md").write_text(table + f"\n\nQAT: {result.steps} steps\n")
-        report.with_suffix(".json").write_text(json.dumps({"clips": results, **summary, "steps": result.steps},
-                                                          indent=1))
+        write_text(report.with_suffix(".md"), table + f"\n\nQAT: {result.steps} steps\n")
+        write_json(report.with_suffix(".json"), {"clips": results, **summary, "steps": result.steps})
         print(table)
     return 0
 
@@ -719,9 +718,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                     device=str(model.device))
         out = Path(args.recipe_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_text(out, text)
         print(f"wrote {out}: {mix.summary()}")
     return 0
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.eval.metrics import METRICS, base_name
+from flashvsr_q.files import write_bytes
 
 Value = float | str
 Results = Mapping[str, Mapping[str, Mapping[str, Value]]]
@@ -294,13 +295,6 @@ def _finite(obj):
     return obj
 
 
-def _write(path: Path, data: bytes) -> None:
-    # written whole under a temporary name, then renamed: a crash never leaves half a table
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _csv(rows: list[list[str]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -335,22 +329,22 @@ def write_report(results: Results, out_dir: str | os.PathLike, reference: str | 
     out.mkdir(parents=True, exist_ok=True)
     files = {"report": out / "report.md", "table": out / "table.md", "per_clip": out / "per_clip.csv",
              "means": out / "means.csv", "json": out / "results.json"}
-    _write(files["report"], report.markdown(title).encode())
+    write_bytes(files["report"], report.markdown(title).encode())
     notes = "".join(f"\n- {note}" for note in report.notes)
-    _write(files["table"], (report.paper_table() + ("\n\nNotes:" + notes if notes else "") + "\n").encode())
-    _write(files["per_clip"], _csv(report.per_clip_rows()))
-    _write(files["means"], _csv(report.mean_rows()))
-    _write(files["json"], json.dumps(report.to_json(per_frame), indent=2, ensure_ascii=False).encode())
+    write_bytes(files["table"], (report.paper_table() + ("\n\nNotes:" + notes if notes else "") + "\n").encode())
+    write_bytes(files["per_clip"], _csv(report.per_clip_rows()))
+    write_bytes(files["means"], _csv(report.mean_rows()))
+    write_bytes(files["json"], json.dumps(report.to_json(per_frame), indent=2, ensure_ascii=False).encode())
     if report.deltas:
         files["deltas"] = out / "deltas.csv"
-        _write(files["deltas"], _csv(report.delta_rows()))
+        write_bytes(files["deltas"], _csv(report.delta_rows()))
         figure = report.delta_figure()
         if figure is not None:
             files["deltas_png"] = out / "deltas.png"
-            _write(files["deltas_png"], _png(figure))
+            write_bytes(files["deltas_png"], _png(figure))
     if per_frame:
         figure = per_frame_figure(per_frame, frame_metric)
         if figure is not None:
             files["per_frame_png"] = out / f"{frame_metric}_per_frame.png"
-            _write(files["per_frame_png"], _png(figure))
+            write_bytes(files["per_frame_png"], _png(figure))
     return files

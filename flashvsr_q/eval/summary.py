@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_text
 
 if TYPE_CHECKING:
     from flashvsr_q.eval.runner import EvalResults
@@ -68,9 +69,8 @@ def write_eval_report(res: EvalResults, out_dir: str | os.PathLike, title: str =
     files = write_report(res.results, out_dir, reference=res.reference, per_frame=res.per_frame,
                          skipped=res.skipped_metrics, title=title, frame_metric=frame_metric)
     report = files["report"]
-    report.write_text(report.read_text() + "\n" + configs_markdown(res) + "\n" + run_markdown(res))
-    files["configs"] = Path(out_dir) / "configs.json"
-    files["configs"].write_text(json.dumps({
+    write_text(report, report.read_text() + "\n" + configs_markdown(res) + "\n" + run_markdown(res))
+    files["configs"] = write_text(Path(out_dir) / "configs.json", json.dumps({
         "configs": [{**c.as_dict(), "ran": c.name in res.results, "seconds": res.seconds.get(c.name),
                      **res.runs.get(c.name, {})} for c in res.configs],
         "skipped_configs": res.skipped_configs, "skipped_metrics": res.skipped_metrics,

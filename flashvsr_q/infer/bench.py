@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,8 @@ def bench_main(args) -> int:
     markdown = to_markdown(results)
     if args.output:
         out = Path(args.output)
-        out.write_text(json.dumps(results, indent=1))
-        out.with_suffix(".md").write_text(markdown + "\n")
+        write_json(out, results)
+        write_text(out.with_suffix(".md"), markdown + "\n")
     print(json.dumps(results, indent=1) if args.json else markdown)
     return 0
 

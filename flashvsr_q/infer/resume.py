@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import atomic_write, write_json
 from flashvsr_q.model import DecoderState, KVCache, LQProjState
 from flashvsr_q.model.streaming import StreamState
 
@@ -95,11 +95,8 @@ def save_states(path: Path, states: Iterable[StreamState], extra: dict) -> None:
         t, meta = flatten_state(state, f"tile{i}")
         tensors.update(t)
         metas.append(meta)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"tiles": json.dumps(metas), "extra": json.dumps(extra)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"tiles": json.dumps(metas),
+                                                                         "extra": json.dumps(extra)}))
 
 
 def load_states(path: Path, device: torch.device | str) -> tuple[list[StreamState], dict]:
@@ -216,12 +213,7 @@ class Manifest:
     def write(self) -> None:
         data = {"version": MANIFEST_VERSION, "fingerprint": self.fingerprint, "plan": self.plan,
                 "progress": self.progress}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json(self.path, data)
 
 
 def fingerprint(input_fp: dict, model_fp: str, options: dict) -> dict:

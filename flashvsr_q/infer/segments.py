@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_json
 from flashvsr_q.infer.video_io import SWS_FLAGS, FrameSource
 
 CODECS = ("libx264", "libx265")
@@ -169,7 +170,7 @@ class SegmentEncoder:
             with open(self._tmp, "rb+") as f:
                 os.fsync(f.fileno())
             info = SegmentInfo(self.index, self.start, self.frames, self._reorder, self._tmp.stat().st_size)
-            _write_json(self._path.with_suffix(".json"), asdict(info))
+            write_json(self._path.with_suffix(".json"), asdict(info))
             os.replace(self._tmp, self._path)
         except (av.FFmpegError, OSError) as exc:  # typically a full disk
             self.abort()
@@ -266,7 +267,7 @@ class SegmentedWriter:
                 raise FlashVSRError(f"{self.work_dir}: segments were made with a different {', '.join(changed)}; "
                                     "resume with the same settings or delete the folder")
         else:
-            _write_json(state_file, self._state())
+            write_json(state_file, self._state())
         # Leftovers of a killed run: temporary files, and descriptions whose segment never got renamed.
         for path in self.work_dir.iterdir():
             if path.suffix == ".tmp" or (path.name.startswith("seg_") and path.suffix == ".json"
@@ -445,13 +446,3 @@ def _timed_packets(src: av.container.InputContainer, copies: dict[int, av.stream
         # Keys must not decrease within one input of heapq.merge; file order is the muxing order we keep.
         last = max(last, float(packet.dts * packet.time_base))
         yield last, packet, copies[packet.stream.index]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` via a synced temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts",
@@ -208,12 +209,9 @@ def _atomic_save(image: Image.Image, path: Path) -> None:
     if fmt is None or path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise FlashVSRError(f"{path}: unsupported image extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
     options = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}.get(fmt, {})
-    tmp = path.with_name(f".{path.name}.partial")
     try:
-        image.save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FlashVSRError(f"{path}: cannot write image ({exc})") from None
 
 

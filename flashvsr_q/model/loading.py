@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from flashvsr_q.errors import CheckpointError
+from flashvsr_q.files import atomic_write, write_json
 from flashvsr_q.model.configs import PRESETS, FlashVSRConfig
 from flashvsr_q.model.flashvsr import FlashVSR
 
@@ -162,17 +162,6 @@ def load_official(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_official(model: FlashVSR, directory: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
     """Write ``model`` in the official layout (file dtypes as the official release); returns part -> path.
 
@@ -187,15 +176,15 @@ def save_official(model: FlashVSR, directory: str | os.PathLike, *, overwrite: b
         raise CheckpointError(f"{directory} already holds {', '.join(existing)}; refusing to overwrite")
     to_file = lambda sd, part: {k: v.detach().to("cpu", FILE_DTYPES[part]).contiguous() for k, v in sd.items()}  # noqa: E731
     dit = to_file(model.dit.state_dict(), "dit")
-    _atomic_write(paths["dit"], lambda tmp: save_file(dict(sorted(dit.items())), tmp))
+    atomic_write(paths["dit"], lambda tmp: save_file(dict(sorted(dit.items())), tmp))
     for part in ("lq_proj", "decoder"):
         state = to_file(getattr(model, part).state_dict(), part)
-        _atomic_write(paths[part], lambda tmp, s=state: torch.save(s, tmp))
+        atomic_write(paths[part], lambda tmp, s=state: torch.save(s, tmp))
     prompt = model.prompt.detach().to("cpu", FILE_DTYPES["prompt"]).contiguous()
-    _atomic_write(paths["prompt"], lambda tmp: torch.save(prompt, tmp))
+    atomic_write(paths["prompt"], lambda tmp: torch.save(prompt, tmp))
     official = PRESETS.get(model.config.name) if model.config.name.startswith("flashvsr-") else None
     if official is None or official.replace(num_layers=model.config.num_layers) != model.config:
         sidecar = directory / CONFIG_SIDECAR
-        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(model.config.to_dict(), indent=1)))
+        write_json(sidecar, model.config.to_dict())
         paths["config"] = sidecar
     return paths

@@ -13,7 +13,6 @@ frames are averaged over the 21 output frames. ``bicubic`` is the upsampled LR i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from flashvsr_q.data.clips import held_out_clips, make_pair
+from flashvsr_q.files import write_json
 from flashvsr_q.infer.colorfix import COLOR_FIXES, color_fix, to_uint8
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import SeededNoise, run_clip
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(load_for_measure(args.checkpoint), tuple(args.color_fix), args.seed)
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
     return 0
 
 

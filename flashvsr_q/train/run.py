@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from flashvsr_q.attention import LCSASettings
 from flashvsr_q.data.clips import ClipDataModule, ClipSpec
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_json
 from flashvsr_q.model import FlashVSR, get_config
 from flashvsr_q.model.loading import save_official
 from flashvsr_q.train.decoder_fit import fit_decoder, fit_path
@@ -155,4 +156,4 @@ def _write_summary(path: Path, recipe: TrainRecipe, result: TrainResult) -> None
         "recipe": recipe.to_dict(),
         "torch": torch.__version__, "lightning": L.__version__,
     }
-    path.write_text(json.dumps(summary, indent=1))
+    write_json(path, summary)

@@ -1,0 +1,46 @@
+"""Files written whole or not at all: into a hidden temporary file beside the target, synced, then renamed over it.
+
+A crash, a full disk or Ctrl-C mid-write leaves the previous file (or none) under the name, never half of one, and
+the temporary file is removed. The rename is atomic because both names are in the same folder. Every file the
+project writes in one go (checkpoints, manifests, reports, JSON results) goes through :func:`atomic_write`;
+streams written over time (videos, segments) stage their own temporary files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Let ``write(tmp)`` fill a temporary file beside ``path``, fsync it and rename it to ``path``."""
+    path = Path(path)
+    # the pid keeps two processes writing the same file from sharing a temporary; the dot hides it from globs
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (serialised first, so a bad value writes nothing)."""
+    return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
