@@ -4,9 +4,12 @@
 
 The TCDecoder sees its LR conditioning only as 8x8 pixel-unshuffled blocks: every signal starts at 1/8 of the
 output rate (half the LR rate) and reaches full rate through three nearest x2 upsamplings followed by
-convolutions. Whatever the weights, an LR pattern that alternates from pixel to pixel (the LR Nyquist frequency,
-in x, in y or both) makes every 8x8 block of the conditioning identical, so the decoded frame is flat
-(tests/train/test_bounds.py checks this on the shipped model). Bicubic reproduces such detail; the decoder cannot.
+convolutions, every layer shift-equivariant at its own rate. So an LR frame that repeats every 2 pixels down the
+columns (any content along the rows) makes every block row of the conditioning identical, and, with latents that
+do not vary down the columns either, the decoded frame is constant down the columns, whatever the weights
+(tests/train/test_bounds.py checks it on the shipped model); the same holds across. For ``(-1)^y s(x)`` the
+decoder keeps nothing of the alternation along y, for any ``s``: it is blind along whole lines of the LR
+spectrum (y-frequency at the LR Nyquist, any x-frequency, and vice versa), not at three points.
 
 This module fits, in closed form (ridge least squares on training crops), the best linear upsampler of three
 families and scores it on the held-out clips as :mod:`flashvsr_q.train.measure` scores the model (8-bit frames,
@@ -14,8 +17,12 @@ RGB PSNR over 21 frames), except that frames are rounded to 8 bits where the ups
 (bicubic: 31.70 dB here, 31.68 there, on Big Buck Bunny):
 
 ``free``      each of the 16 output phases of an LR pixel is any linear function of its ``K x K`` LR window;
-``blind``     ``free`` with the three LR-Nyquist patterns in its null space: the necessary condition for any
-              TCDecoder that computes a linear function of its input (an upper bound for such decoders);
+``blind``     ``free`` with every ``(-1)^y s(x)`` and ``(-1)^x s(y)`` in its null space: each column of each
+              phase's window sums to zero with alternating signs down it, each row across it. A linear decoder
+              answers such a pattern with an output constant along the alternation; averaged over the LR shifts
+              it does not see (natural footage is stationary, and least squares is convex), that answer is zero,
+              and the average is no worse. So ``blind K x K`` bounds every decoder that is linear in its LR
+              conditioning and reaches ``K x K`` LR pixels;
 ``designed``  the picture path of :func:`~flashvsr_q.train.init.init_decoder_as_upscaler`: a ``K x K`` LR
               prefilter on stage 0's 4x4 means of the bicubic conditioning, then the fixed [1, 2, 1] quadrant merge
               and two bilinear x2 stages (quadratic B-spline synthesis); the prefilter is fitted.
@@ -26,7 +33,6 @@ Window offsets run from ``-(K - 1) // 2`` to ``K // 2``; borders are replicated.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from flashvsr_q.data.clips import SCALE, ClipSpec, bicubic_lr, held_out_clips, sample_clip, upsample
+from flashvsr_q.files import write_json
 from flashvsr_q.train.measure import psnr
 
 FAMILIES = ("free", "blind", "designed")
@@ -72,11 +79,15 @@ def designed_features(lr: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def blind_null_space(k: int) -> torch.Tensor:
-    """Basis [k*k + 1, k*k - 2] of the window weights (plus bias) that ignore the three LR-Nyquist patterns."""
+    """Basis [k*k + 1, (k - 1)**2 + 1] of the window weights (and the free bias) blind to the LR-Nyquist lines.
+
+    One constraint per column (alternating sum down it) and per row (across it); they share one dependency (the
+    checkerboard sum), so 2k - 1 are independent.
+    """
     dy, dx = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
-    patterns = torch.stack([(-1.0) ** dx, (-1.0) ** dy, (-1.0) ** (dx + dy)]).reshape(3, -1).double()
-    constraints = torch.cat([patterns, torch.zeros(3, 1, dtype=torch.float64)], 1)
-    return torch.linalg.svd(constraints, full_matrices=True).Vh[3:].T
+    lines = [((-1.0) ** dy) * (dx == j) for j in range(k)] + [((-1.0) ** dx) * (dy == j) for j in range(k)]
+    constraints = torch.cat([torch.stack(lines).reshape(2 * k, -1).double(), torch.zeros(2 * k, 1).double()], 1)
+    return torch.linalg.svd(constraints, full_matrices=True).Vh[2 * k - 1 :].T
 
 
 class LinearUpsampler:
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     results = score(fit(tuple(args.families), tuple(args.supports), args.clips, args.seed, args.ridge))
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
     return 0
 
 
