@@ -256,6 +256,11 @@ class Report:
         return fig
 
 
+def line_style(index: int) -> dict[str, str]:
+    """Colour and dash of configuration ``index``: the same in every panel, distinct for the first 40."""
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
+
+
 def per_frame_figure(per_frame: PerFrame, metric: str = "psnr") -> Figure | None:
     """Per-frame curves of ``metric``: one panel per clip, one line per configuration."""
     clips: list[str] = []
@@ -269,10 +274,10 @@ def per_frame_figure(per_frame: PerFrame, metric: str = "psnr") -> Figure | None
     FigureCanvasAgg(fig)
     for i, clip in enumerate(clips):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for config, config_clips in per_frame.items():
+        for j, (config, config_clips) in enumerate(per_frame.items()):
             values = config_clips.get(clip, {}).get(metric)
             if values:
-                ax.plot(range(len(values)), values, label=config, linewidth=1)
+                ax.plot(range(len(values)), values, label=config, linewidth=1, **line_style(j))
         ax.set_title(clip, fontsize=9)
         ax.set_xlabel("frame")
         ax.set_ylabel(column_title(metric))

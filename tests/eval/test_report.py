@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.eval.report import Report, write_report
+from flashvsr_q.eval.report import Report, per_frame_figure, write_report
 
 LPIPS_NOTE = "LPIPS weights missing: put LPIPS_v0.1_alex-df73285e.pth in /w/pyiqa/ (source: https://example)"
 
@@ -71,3 +71,14 @@ def test_write_report_files(tmp_path, results):
     for key in ("deltas_png", "per_frame_png"):
         blob = files[key].read_bytes()
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 5000
+
+
+def test_per_frame_lines_keep_one_distinct_style_per_configuration_in_every_panel():
+    # 12 configurations (more than the 10 default colours); "c00" has no frames for clip_b
+    per_frame = {f"c{j:02d}": {"clip_a": {"psnr": [30.0, 31.0]}, **({"clip_b": {"psnr": [28.0, 29.0]}} if j else {})}
+                 for j in range(12)}
+    figure = per_frame_figure(per_frame)
+    styles = [{line.get_label(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()}
+              for ax in figure.axes]
+    assert len(set(styles[0].values())) == 12  # no two configurations look alike
+    assert all(styles[1][config] == styles[0][config] for config in styles[1])  # same look in both panels
