@@ -3,7 +3,8 @@
 A crash, a full disk or Ctrl-C mid-write leaves the previous file (or none) under the name, never half of one, and
 the temporary file is removed. The rename is atomic because both names are in the same folder. Every file the
 project writes in one go (checkpoints, manifests, reports, JSON results) goes through :func:`atomic_write`;
-streams written over time (videos, segments) stage their own temporary files.
+streams written over time (videos, segments) stage their own temporary files, and folders written as a unit
+(compressed checkpoints, the demo's and eval's outputs) are staged whole and renamed.
 """
 
 from __future__ import annotations

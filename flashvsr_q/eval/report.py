@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,7 @@ from matplotlib.figure import Figure
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.eval.metrics import METRICS, base_name
-from flashvsr_q.files import write_bytes
+from flashvsr_q.files import write_bytes, write_json
 
 Value = float | str
 Results = Mapping[str, Mapping[str, Mapping[str, Value]]]
@@ -339,7 +338,7 @@ def write_report(results: Results, out_dir: str | os.PathLike, reference: str | 
     write_bytes(files["table"], (report.paper_table() + ("\n\nNotes:" + notes if notes else "") + "\n").encode())
     write_bytes(files["per_clip"], _csv(report.per_clip_rows()))
     write_bytes(files["means"], _csv(report.mean_rows()))
-    write_bytes(files["json"], json.dumps(report.to_json(per_frame), indent=2, ensure_ascii=False).encode())
+    write_json(files["json"], report.to_json(per_frame), indent=2)
     if report.deltas:
         files["deltas"] = out / "deltas.csv"
         write_bytes(files["deltas"], _csv(report.delta_rows()))

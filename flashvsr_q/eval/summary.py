@@ -7,7 +7,6 @@ configuration ran, which were skipped and why, the dataset, versions, checkpoint
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.files import write_text
+from flashvsr_q.files import write_json, write_text
 
 if TYPE_CHECKING:
     from flashvsr_q.eval.runner import EvalResults
@@ -70,11 +69,11 @@ def write_eval_report(res: EvalResults, out_dir: str | os.PathLike, title: str =
                          skipped=res.skipped_metrics, title=title, frame_metric=frame_metric)
     report = files["report"]
     write_text(report, report.read_text() + "\n" + configs_markdown(res) + "\n" + run_markdown(res))
-    files["configs"] = write_text(Path(out_dir) / "configs.json", json.dumps({
+    files["configs"] = write_json(Path(out_dir) / "configs.json", {
         "configs": [{**c.as_dict(), "ran": c.name in res.results, "seconds": res.seconds.get(c.name),
                      **res.runs.get(c.name, {})} for c in res.configs],
         "skipped_configs": res.skipped_configs, "skipped_metrics": res.skipped_metrics,
-        "reference": res.reference, "clips": res.clips, "info": res.info}, indent=2, ensure_ascii=False))
+        "reference": res.reference, "clips": res.clips, "info": res.info}, indent=2)
     return files
 
 
@@ -118,10 +117,7 @@ def splice_markdown(doc: str | os.PathLike, res: EvalResults, levels: int = 2) -
     plots = [p for p in res.files.values() if p.suffix == ".png"]
     body += "\n" + "\n\n".join(f"![{p.stem}]({folder}/{p.name})" for p in plots) + "\n" if plots else ""
     body += f"\nAll files of this report (CSV, JSON, plots): [`{folder}/`]({folder}/).\n"
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(f"{head}{DOC_BEGIN}\n\n{body}\n{DOC_END}{tail}")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, f"{head}{DOC_BEGIN}\n\n{body}\n{DOC_END}{tail}")
 
 
 def describe_results(res: EvalResults, metrics: Sequence[str] | None = None) -> str:

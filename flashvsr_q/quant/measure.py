@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flashvsr_q.files import write_text
+
 if TYPE_CHECKING:
     import torch
 
@@ -436,7 +438,7 @@ def quality_main(argv: list[str]) -> int:
     table = quality_markdown(rows, info)
     print(table)
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        write_text(args.markdown, table + "\n")
     return 0
 
 
@@ -481,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results, bf16_sizes(args.checkpoint))
     print(table)
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        write_text(args.markdown, table + "\n")
     return 0
 
 

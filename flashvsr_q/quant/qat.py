@@ -43,6 +43,7 @@ from torch.nn.utils import parametrize
 
 from flashvsr_q.attention import LCSASettings
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import write_json
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import FlashVSRStream, StreamState, chunk_lr_ranges, tensor_noise
 from flashvsr_q.model.tc_decoder import DecoderState, MemBlock, TCDecoder
@@ -726,7 +727,7 @@ def _write_summary(path: Path, recipe: QATRecipe, settings: QATSettings, result:
                "final_loss_mean_last_20": sum(tail) / len(tail) if tail else None,
                "validation": result.validation, "recipe": recipe.name, "quant_recipe": recipe.quant.name,
                "settings": dataclasses.asdict(settings), "torch": torch.__version__, "lightning": L.__version__}
-    path.write_text(json.dumps(summary, indent=1))
+    write_json(path, summary)
 
 
 def compare_ptq_qat(recipe: QATRecipe, checkpoint: str | os.PathLike | None, qat_model: str | os.PathLike,

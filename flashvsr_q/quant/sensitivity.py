@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import atomic_write, write_json, write_text
 from flashvsr_q.model import FlashVSR, SeededNoise, run_clip
 from flashvsr_q.quant.calibration import DIT_BLOCK_LINEARS, CalibrationClip, with_static_ranges
 from flashvsr_q.quant.schemes import Scheme, get_scheme
@@ -382,12 +383,10 @@ def plot_report(report: SensitivityReport, path: str | Path) -> Path:
     fig.suptitle(f"{report.scheme.get('name')} on {report.model}: one {report.grouping} quantized at a time "
                  f"(lower = more sensitive)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: SensitivityReport, out_dir: str | Path) -> dict[str, Path]:
@@ -395,10 +394,8 @@ def write_report(report: SensitivityReport, out_dir: str | Path) -> dict[str, Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "sensitivity.json", "markdown": out / "sensitivity.md", "plot": out / "sensitivity.png"}
-    for key, text in (("json", json.dumps(report.to_dict(), indent=2) + "\n"), ("markdown", report.to_markdown())):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(paths[key])
+    write_json(paths["json"], report.to_dict(), indent=2)
+    write_text(paths["markdown"], report.to_markdown())
     plot_report(report, paths["plot"])
     return paths
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import atomic_write
 
 FORMAT = "flashvsr-q-calibration"
 FORMAT_VERSION = 1
@@ -88,10 +89,7 @@ class CalibrationStats:
         samples = {fqn: entry.num_samples for fqn, entry in self.layers.items()}
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "source_hash": self.source_hash,
                     "meta": json.dumps(self.meta), "num_samples": json.dumps(samples)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CalibrationStats:
