@@ -272,7 +272,7 @@ def vram_arg(text: str | None) -> int | None:
 
 def output_name(input_path: str | os.PathLike, scale: int = 4) -> str:
     """``clip.mov`` -> ``clip_x4.mp4``; ``photo.jpg`` -> ``photo_x4.png`` (videos as MP4, images as PNG)."""
-    from flashvsr_q.infer.video_io import IMAGE_EXTENSIONS
+    from flashvsr_q.video.sources import IMAGE_EXTENSIONS
 
     path = Path(input_path)
     ext = ".png" if path.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"
@@ -285,7 +285,7 @@ def comparison_frames(input_path: str | os.PathLike, output_path: str | os.PathL
     import numpy as np
     from PIL import Image
 
-    from flashvsr_q.infer.video_io import open_source
+    from flashvsr_q.video.sources import open_source
 
     src, out = open_source(input_path), open_source(output_path)
     if index is None:
@@ -298,7 +298,7 @@ def comparison_frames(input_path: str | os.PathLike, output_path: str | os.PathL
 
 def describe_source(path: str | os.PathLike) -> str:
     """One line about an input: kind, size, frames, rate, audio."""
-    from flashvsr_q.infer.video_io import open_source
+    from flashvsr_q.video.sources import open_source
 
     src = open_source(path)
     parts = [src.kind.replace("_", " "), f"{src.width}x{src.height}"]

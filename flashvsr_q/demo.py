@@ -44,7 +44,7 @@ class DemoRow:
 def demo_clip(frames: int = 33, footage: str = DEMO_FOOTAGE) -> np.ndarray:
     """HR ground truth uint8 [T, H, W, 3] with H, W multiples of 4 (cropped), from a sample video."""
     from flashvsr_q.data.footage import sample_video
-    from flashvsr_q.infer.video_io import open_source
+    from flashvsr_q.video.sources import open_source
 
     source = open_source(sample_video(footage))
     hr = []
@@ -89,7 +89,7 @@ def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float
 
 def _write_video(path: Path, frames: np.ndarray) -> None:
     """Lossless RGB H.264 for viewing (metrics are computed on the uint8 frames, never on a video)."""
-    from flashvsr_q.eval.clipio import ClipWriter
+    from flashvsr_q.video.clips import ClipWriter
 
     with ClipWriter(path) as writer:
         for frame in frames:

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.infer.video_io import (
+from flashvsr_q.video.sources import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     FrameSource,

@@ -6,7 +6,6 @@
 - :mod:`~flashvsr_q.eval.dover`: ``dover_score`` (optional, needs VQAssessment/DOVER);
 - :mod:`~flashvsr_q.eval.report`: ``write_report``;
 - :mod:`~flashvsr_q.eval.weights`: the offline weights folder and ``MetricUnavailable``;
-- :mod:`~flashvsr_q.eval.clipio`: streaming frame I/O for video files and PNG folders;
 - :mod:`~flashvsr_q.eval.datasets`: ``load_dataset`` (REDS-style, VideoLQ-style, videos, ``heldout``);
 - :mod:`~flashvsr_q.eval.configs` / :mod:`~flashvsr_q.eval.runner`: ``EvalConfig``, ``parse_config``, ``sweep``,
   ``evaluate`` (configurations over a dataset, written as a report).
@@ -20,7 +19,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "clipio": ("ClipWriter", "probe", "read_frames"),
     "configs": ("EvalConfig", "parse_config", "sweep"),
     "datasets": ("Dataset", "load_dataset", "video_dataset"),
     "degrade": ("DegradeResult", "RealBasicVSRDegradation", "RealBasicVSRParams", "bicubic_downscale",
@@ -50,7 +48,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from flashvsr_q.eval.clipio import ClipWriter, probe, read_frames  # noqa: F401
     from flashvsr_q.eval.configs import EvalConfig, parse_config, sweep  # noqa: F401
     from flashvsr_q.eval.datasets import Dataset, load_dataset, video_dataset  # noqa: F401
     from flashvsr_q.eval.degrade import (  # noqa: F401

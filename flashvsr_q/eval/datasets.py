@@ -78,7 +78,7 @@ def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _media(folder: Path) -> tuple[list[Path], list[Path]]:
-    from flashvsr_q.eval.clipio import is_video_path, list_images
+    from flashvsr_q.video.clips import is_video_path, list_images
 
     videos = sorted(p for p in folder.iterdir() if p.is_file() and is_video_path(p))
     image_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
@@ -97,7 +97,7 @@ def detect_kind(path: str | os.PathLike) -> str:
         return str(path)
     root = Path(path)
     if root.is_file():
-        from flashvsr_q.eval.clipio import is_video_path
+        from flashvsr_q.video.clips import is_video_path
 
         if is_video_path(root):
             return "videos"
@@ -153,7 +153,7 @@ def _lr_view(source: FrameSource, scale: int, crop: Crop | None) -> FrameSource:
 
 
 def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
-    from flashvsr_q.eval.clipio import read_frames
+    from flashvsr_q.video.clips import read_frames
 
     def open_() -> Iterator[np.ndarray]:
         stop = None if frames is None else start + frames

@@ -24,7 +24,7 @@ import torch
 from scipy import special
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.eval import clipio
+from flashvsr_q.video import clips as clipio
 
 PRESETS = ("bicubic", "realbasicvsr")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvsr_q.eval import clipio
+from flashvsr_q.video import clips as clipio
 from flashvsr_q.eval.metrics import DOVER_WEIGHTS, resolve_device
 from flashvsr_q.eval.weights import MetricUnavailable, offline, require
 

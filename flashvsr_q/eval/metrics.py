@@ -285,7 +285,7 @@ def compute_frame_metrics(sr: Frames, gt: Frames | None = None, metrics: Sequenc
 
     Args:
         sr: the frames to judge: uint8 numpy ``[T, H, W, 3]`` RGB, float ``[T, 3, H, W]`` in [0, 1], or any
-            iterable of single frames in those layouts (e.g. :func:`flashvsr_q.eval.clipio.read_frames`).
+            iterable of single frames in those layouts (e.g. :func:`flashvsr_q.video.clips.read_frames`).
         gt: reference frames, same layouts and sizes; needed by PSNR/SSIM/LPIPS.
         metrics: registered frame metric names.
         device: where the models run (default: CUDA if available).

@@ -215,7 +215,7 @@ def score_clip(config: EvalConfig, model: torch.nn.Module | None, clip: Clip, me
     gt_frames = clip.hr() if clip.hr is not None else None
     writer, tmp = None, None
     if meters.dover is not None:
-        from flashvsr_q.eval.clipio import ClipWriter
+        from flashvsr_q.video.clips import ClipWriter
 
         tmp = Path(tempfile.mkdtemp(prefix="flashvsr-q-eval-"))
         writer = ClipWriter(tmp / "sr.mkv")  # lossless (libx264rgb, CRF 0), for DOVER only

@@ -14,7 +14,7 @@ memory estimate, budget planner), ``resume`` (manifest, stream-state snapshots),
 batch, OOM fallback), ``progress`` (bar, summary), ``bench`` (speed/memory harness), ``video_io`` / ``segments``
 (reading and writing footage).
 
-The names below are imported on first use, so ``import flashvsr_q.infer.video_io`` (PyAV, numpy, PIL) does not
+The names below are imported on first use, so ``import flashvsr_q.video.sources`` (PyAV, numpy, PIL) does not
 import torch or the model.
 """
 

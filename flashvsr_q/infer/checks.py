@@ -29,9 +29,9 @@ from flashvsr_q.attention import LCSASettings
 from flashvsr_q.errors import BackendUnavailable, CheckpointError, FlashVSRError
 from flashvsr_q.infer.memory import MemoryPlan, device_budget, format_bytes, module_bytes, parse_bytes
 from flashvsr_q.infer.pipeline import UpscaleSettings, plan_memory
-from flashvsr_q.infer.segments import OUTPUT_FORMATS, EncoderSettings
+from flashvsr_q.video.segments import OUTPUT_FORMATS, EncoderSettings
 from flashvsr_q.infer.tiling import Geometry, parse_tile
-from flashvsr_q.infer.video_io import IMAGE_EXTENSIONS, FrameSource, list_images, list_videos, open_source
+from flashvsr_q.video.sources import IMAGE_EXTENSIONS, FrameSource, list_images, list_videos, open_source
 from flashvsr_q.model import FlashVSR
 
 if TYPE_CHECKING:

@@ -61,9 +61,9 @@ from flashvsr_q.infer.resume import (
     save_states,
     source_fingerprint,
 )
-from flashvsr_q.infer.segments import EncoderSettings, SegmentedWriter
+from flashvsr_q.video.segments import EncoderSettings, SegmentedWriter
 from flashvsr_q.infer.tiling import Geometry, TilePlan
-from flashvsr_q.infer.video_io import ImageFolderWriter, write_image
+from flashvsr_q.video.sources import ImageFolderWriter, write_image
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from flashvsr_q.eval import clipio, metrics
+from flashvsr_q.eval import metrics
 from flashvsr_q.eval.weights import ENV_VAR
+from flashvsr_q.video import clips as clipio
 
 
 @pytest.fixture(autouse=True, scope="module")

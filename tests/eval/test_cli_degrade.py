@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from flashvsr_q.cli import main
-from flashvsr_q.eval import clipio
 from flashvsr_q.eval.degrade import RealBasicVSRDegradation, bicubic_downscale
+from flashvsr_q.video import clips as clipio
 
 
 @pytest.fixture(scope="module")

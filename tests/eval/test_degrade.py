@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.eval import clipio
 from flashvsr_q.eval.degrade import (
     Blur,
     RealBasicVSRDegradation,
@@ -19,6 +18,7 @@ from flashvsr_q.eval.degrade import (
     degrade_video,
     sample_params,
 )
+from flashvsr_q.video import clips as clipio
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from eval.eval_support import smooth_clip, write_pngs
 from helpers import random_model
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.eval import clipio
 from flashvsr_q.eval.datasets import detect_kind, load_dataset, parse_crop, video_dataset
 from flashvsr_q.eval.degrade import bicubic_downscale
 from flashvsr_q.eval.runner import (
@@ -25,6 +24,7 @@ from flashvsr_q.eval.runner import (
     splice_markdown,
     sweep,
 )
+from flashvsr_q.video import clips as clipio
 
 FRAMES = 4
 GT_SIZE = 128  # LR 32x32

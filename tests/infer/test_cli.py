@@ -21,7 +21,7 @@ from flashvsr_q.cli import main
 from flashvsr_q.infer.colorfix import to_uint8
 from flashvsr_q.infer.pipeline import preprocess
 from flashvsr_q.infer.tiling import Geometry
-from flashvsr_q.infer.video_io import open_source
+from flashvsr_q.video.sources import open_source
 from flashvsr_q.model import save_official
 
 
@@ -356,7 +356,7 @@ def test_public_names_are_lazy_and_video_io_does_not_import_torch():
     assert all(getattr(infer, name) is not None for name in infer.__all__)
     with pytest.raises(AttributeError):
         infer.no_such_name  # noqa: B018
-    code = ("import sys, flashvsr_q.infer.video_io\n"
+    code = ("import sys, flashvsr_q.video.sources\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "from flashvsr_q.infer import upscale, preflight, resolve_device\n"
             "assert 'torch' in sys.modules and callable(upscale)")

@@ -1,4 +1,4 @@
-"""Clip I/O for evaluation: stream frames in and out of video files and PNG folders, and round-trip through a codec.
+"""Clips for evaluation and degradation: frames in and out of video files and PNG folders, and codec round trips.
 
 Frames are uint8 numpy arrays ``[H, W, 3]``, RGB. Nothing here holds a whole clip: readers are generators, the
 writer encodes as it goes, and the codec round trip keeps only the encoder's own lookahead in flight. Outputs are
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fractions
 import os
-import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,9 +19,8 @@ import numpy as np
 from PIL import Image
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, read_image
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = fractions.Fraction(25)
 
 
@@ -41,24 +39,6 @@ class ClipInfo:
 def is_video_path(path: str | os.PathLike) -> bool:
     """True if ``path`` names a video file by its extension (the file need not exist)."""
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, in natural order (frame2 before frame10)."""
-    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(images, key=_natural_key)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise FlashVSRError(f"cannot read image {path}: {exc}") from exc
 
 
 def _open_video(path: Path) -> av.container.InputContainer:
@@ -85,7 +65,7 @@ def probe(path: str | os.PathLike) -> ClipInfo:
         images = list_images(path)
         if not images:
             raise FlashVSRError(f"{path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        height, width = _read_image(images[0]).shape[:2]
+        height, width = read_image(images[0]).shape[:2]
         return ClipInfo(path, "images", width, height, DEFAULT_FPS, len(images))
     with _open_video(path) as container:
         stream = container.streams.video[0]
@@ -109,7 +89,7 @@ def read_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     info = probe(path)
     if info.kind == "images":
         for image_path in list_images(info.path):
-            frame = _read_image(image_path)
+            frame = read_image(image_path)
             if frame.shape[:2] != (info.height, info.width):
                 raise FlashVSRError(f"{image_path} is {frame.shape[1]}x{frame.shape[0]}, "
                                     f"other frames are {info.width}x{info.height}")

