@@ -183,11 +183,12 @@ def is_cancelled(exc: BaseException) -> bool:
 def checkpoint_choices(extra_folders: list[Path] = ()) -> list[tuple[str, str]]:
     """(label, value) pairs: the default checkpoint, then every checkpoint folder under ``checkpoints/`` and
     ``extra_folders`` (e.g. the app's exports) that ``flashvsr_q.checkpoints.checkpoint_kind`` recognises."""
-    from flashvsr_q.checkpoints import SHIPPED_SMALL, checkpoint_kind, default_checkpoint
+    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
+    from flashvsr_q.shipped import small_model_dir
 
     choices = [(f"default ({default_checkpoint()})", DEFAULT_CHOICE)]
     seen = {default_checkpoint().resolve()}
-    root = SHIPPED_SMALL.parent
+    root = small_model_dir().parent
     candidates = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     for folder in [*candidates, *extra_folders]:
         folder = Path(folder)

@@ -17,19 +17,19 @@ import torch
 
 from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.model import FlashVSR, infer_config, is_official_layout, load_official
+from flashvsr_q.shipped import small_model_dir
 
 if TYPE_CHECKING:
     from flashvsr_q.quant import CalibrationStats, QuantPlan, Recipe
 
 ENV_CHECKPOINT = "FLASHVSR_Q_CHECKPOINT"
-SHIPPED_SMALL = Path(__file__).resolve().parent.parent / "checkpoints" / "flashvsr-small"
 MANIFEST = "manifest.json"
 
 
 def default_checkpoint() -> Path:
     """``$FLASHVSR_Q_CHECKPOINT`` if set, else the small model shipped in ``checkpoints/flashvsr-small``."""
     env = os.environ.get(ENV_CHECKPOINT)
-    return Path(env) if env else SHIPPED_SMALL
+    return Path(env) if env else small_model_dir()
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:

@@ -46,6 +46,7 @@ from flashvsr_q.model.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
 from flashvsr_q.quant.observers import INT8_MAX, LayerObserver, make_observer
 from flashvsr_q.quant.smoothquant import alpha_for, smoothing_factors
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+from flashvsr_q.shipped import calibration_dir
 
 log = logging.getLogger(__name__)
 
@@ -419,11 +420,15 @@ def load_calibration_set(path: str | os.PathLike) -> dict:
 
     Keys are the CLI flags (``footage``, ``clips``, ``frames``, ``size``, ``lr``, ``seed``, ``hash``, ``observer``,
     ``percentile``, ``smoothquant_alpha``, ``alpha`` as ``{PATTERN: ALPHA}``) plus a free ``description``. Footage
-    paths are relative to the file's folder (``builtin``, ``hf:``, ``stills:`` prefixes are kept).
+    paths are relative to the file's folder (``builtin``, ``hf:``, ``stills:`` prefixes are kept). A bare name
+    (``builtin``) is a shipped set.
     """
     import yaml
 
     path = Path(path)
+    shipped = calibration_dir() / f"{path}.yaml"
+    if not path.exists() and path.parent == Path(".") and not path.suffix and shipped.is_file():
+        path = shipped
     if not path.is_file():
         raise FlashVSRError(f"calibration set {path} does not exist")
     try:

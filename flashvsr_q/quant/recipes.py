@@ -34,8 +34,8 @@ import yaml
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.quant.schemes import SCHEMES, Scheme, get_scheme
 from flashvsr_q.quant.smoothquant import alpha_for
+from flashvsr_q.shipped import recipes_dir
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 CALIBRATION_MODES = ("none", "optional", "required")
 KIND = "quantization"
 REQUIRED_FIELDS = ("kind", "name", "description", "gpu", "expected_memory", "keep", "rules")
@@ -87,7 +87,7 @@ class Recipe:
 def shipped_recipes() -> dict[str, Path]:
     """name -> path of every quantization recipe in ``recipes/`` (files with ``kind: quantization``)."""
     out = {}
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+    for path in sorted(recipes_dir().glob("*.yaml")):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError:

@@ -16,13 +16,13 @@ from helpers import random_model
 from infer.upscale_support import IdentityStream, make_clip
 from PIL import Image
 
-from flashvsr_q.checkpoints import SHIPPED_SMALL
 from flashvsr_q.cli import main
 from flashvsr_q.infer.colorfix import to_uint8
 from flashvsr_q.infer.pipeline import preprocess
 from flashvsr_q.infer.tiling import Geometry
-from flashvsr_q.video.sources import open_source
 from flashvsr_q.model import save_official
+from flashvsr_q.shipped import small_model_dir
+from flashvsr_q.video.sources import open_source
 
 
 def upscale_cli(*args) -> int:
@@ -208,7 +208,7 @@ def test_recipe_on_the_fly_equals_quantize_then_upscale(tmp_path):
     from flashvsr_q.checkpoints import load_checkpoint
 
     image = _image(tmp_path)
-    shipped = SHIPPED_SMALL  # trained weights: a random model's outputs saturate
+    shipped = small_model_dir()  # trained weights: a random model's outputs saturate
     quantized = tmp_path / "int8"
     assert main(["quantize", "--recipe", "int8-weight-only", "--checkpoint", str(shipped), "-o", str(quantized),
                  "--dtype", "fp32", "--device", "cpu", "--quiet"]) == 0

@@ -32,10 +32,10 @@ from flashvsr_q.quant.calibration import (
     with_static_ranges,
 )
 from flashvsr_q.quant.observers import AbsHistogram, LayerObserver, MinMaxObserver, MSEObserver, PercentileObserver
-from flashvsr_q.quant.recipes import RECIPES_DIR
 from flashvsr_q.quant.schemes import get_scheme
 from flashvsr_q.quant.smoothquant import SmoothedLinear, alpha_for, apply_smoothing, smoothing_factors
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+from flashvsr_q.shipped import calibration_dir, recipes_dir
 
 
 def write_video(path, frames: int = 41, size: int = 128, seed: int = 0) -> None:
@@ -319,7 +319,7 @@ def test_cli_calibrate_end_to_end_then_quantize(tmp_path, checkpoint_and_clip, c
 
     # `quantize --calibration` reuses the file; the calibration-set hash lands in the manifest
     recipe = tmp_path / "static.yaml"
-    shipped = (RECIPES_DIR / "w8a8-int8.yaml").read_text()
+    shipped = (recipes_dir() / "w8a8-int8.yaml").read_text()
     recipe.write_text(shipped.replace("scheme: w8a8_int8\n", "scheme: w8a8_int8_static\n")
                       .replace("calibration: none", "calibration: required")
                       .replace("name: w8a8-int8\n", "name: w8a8-int8-static\n"))
@@ -388,7 +388,7 @@ def test_cli_calibrate_from_a_calibration_set_file(tmp_path, checkpoint_and_clip
 def test_shipped_calibration_sets_are_valid():
     from flashvsr_q.quant.calibration import load_calibration_set
 
-    shipped = sorted((RECIPES_DIR.parent / "calibration").glob("*.yaml"))
+    shipped = sorted((calibration_dir()).glob("*.yaml"))
     assert shipped
     for path in shipped:
         data = load_calibration_set(path)
@@ -483,7 +483,7 @@ def test_quantize_model_takes_the_percentile_observer_range(tmp_path):
 
 
 def smoothquant_recipe(overrides: str) -> str:
-    shipped = (RECIPES_DIR / "w8a8-int8-smoothquant.yaml").read_text()
+    shipped = (recipes_dir() / "w8a8-int8-smoothquant.yaml").read_text()
     assert "smoothquant: {alpha: 0.5}\n" in shipped
     return shipped.replace("smoothquant: {alpha: 0.5}\n", f"smoothquant: {{alpha: 0.5, overrides: {overrides}}}\n")
 

@@ -8,7 +8,8 @@ import torch
 from flashvsr_q.errors import BackendUnavailable, FlashVSRError
 from flashvsr_q.model import FlashVSR, get_config
 from flashvsr_q.quant import SCHEMES, RecipeError, load_recipe, model_layers, parse_recipe, resolve_plan
-from flashvsr_q.quant.recipes import RECIPES_DIR, compact_names, shipped_recipes
+from flashvsr_q.quant.recipes import compact_names, shipped_recipes
+from flashvsr_q.shipped import recipes_dir
 
 SHIPPED = sorted(shipped_recipes())
 KEEP = r"""
@@ -160,7 +161,7 @@ def test_missing_fields_and_files():
     with pytest.raises(RecipeError, match="missing gpu, expected_memory"):
         parse_recipe("kind: quantization\nname: x\ndescription: y\nkeep: []\nrules: []\n")
     with pytest.raises(RecipeError, match="not a quantization recipe"):
-        load_recipe(RECIPES_DIR / "train-small.yaml")
+        load_recipe(recipes_dir() / "train-small.yaml")
     with pytest.raises(RecipeError, match="no recipe 'int3'.*int8-weight-only"):
         load_recipe("int3")
     with pytest.raises(RecipeError, match="not valid YAML"):

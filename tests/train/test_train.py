@@ -127,11 +127,12 @@ def test_train_cli_help(capsys):
 @pytest.mark.skipif(not (SHIPPED / "diffusion_pytorch_model_streaming_dmd.safetensors").is_file(),
                     reason="no shipped small model")
 def test_shipped_small_model_loads_and_is_small():
-    from flashvsr_q.checkpoints import SHIPPED_SMALL, load_checkpoint
+    from flashvsr_q.checkpoints import load_checkpoint
+    from flashvsr_q.shipped import small_model_dir
 
     size = sum(p.stat().st_size for p in Path(SHIPPED).iterdir() if p.is_file())
     assert size <= 10 * 1024 * 1024, size
-    model = load_checkpoint(SHIPPED_SMALL, dtype=torch.float32)
+    model = load_checkpoint(small_model_dir(), dtype=torch.float32)
     assert model.config.name == "small"
     assert (SHIPPED / "README.md").is_file()
 

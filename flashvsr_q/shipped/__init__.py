@@ -1,0 +1,44 @@
+"""Files that ship with flashvsr-q: the YAML recipes, the calibration sets and the small model.
+
+The repository keeps them at its top level (``recipes/``, ``calibration/``, ``checkpoints/flashvsr-small/``); the
+build maps those folders into this package (``setup.py``), so an installed wheel and an editable checkout find them
+the same way, through ``importlib.resources``, wherever the command runs from.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from flashvsr_q.errors import FlashVSRError
+
+# name inside this package (a wheel) -> folder at the top of a source checkout (an editable install)
+RECIPES, CALIBRATION, SMALL_MODEL = "recipes", "calibration", "flashvsr_small"
+_CHECKOUT = {RECIPES: "recipes", CALIBRATION: "calibration", SMALL_MODEL: "checkpoints/flashvsr-small"}
+
+
+def folder(name: str) -> Path:
+    """The folder of one shipped part (``RECIPES``, ``CALIBRATION`` or ``SMALL_MODEL``) on the file system."""
+    installed = Path(str(files(__name__))) / name
+    if installed.is_dir():
+        return installed
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / _CHECKOUT[name]).is_dir():
+        return root / _CHECKOUT[name]
+    raise FlashVSRError(f"flashvsr-q is installed without its data ({name}); reinstall it from a wheel or the "
+                        "repository")
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes (``recipes/*.yaml`` in the repository)."""
+    return folder(RECIPES)
+
+
+def calibration_dir() -> Path:
+    """The shipped calibration sets (``calibration/*.yaml``)."""
+    return folder(CALIBRATION)
+
+
+def small_model_dir() -> Path:
+    """The shipped small model (``checkpoints/flashvsr-small``), an official-layout folder."""
+    return folder(SMALL_MODEL)
