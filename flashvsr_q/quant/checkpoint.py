@@ -11,8 +11,9 @@
 torchao weights are stored with ``torchao.prototype.safetensors`` (tensor data + JSON attributes per tensor);
 the CPU int4 prototype tensor, which that helper does not list, is stored the same way under our own type tag.
 bitsandbytes layers are stored as their own state dict (int8 ``weight`` + ``SCB``; NF4 packed ``weight`` + quant
-state) and rebuilt with ``Int8Params`` / ``Params4bit.from_prequantized``. Loading builds the model on ``meta``,
-swaps in the planned modules and assigns the tensors: the original float weights are never needed.
+state) and rebuilt with ``Int8Params`` / ``Params4bit.from_prequantized``; ConvRot layers likewise (int8 ``weight``
++ fp32 ``weight_scale`` [N, 1], or comfy-kitchen's W4A8 tensors), rebuilt by the scheme. Loading builds the model on
+``meta``, swaps in the planned modules and assigns the tensors: the original float weights are never needed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.model import FlashVSR, FlashVSRConfig
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, model_layers
-from flashvsr_q.quant.schemes import NF4, BnbInt8, Scheme, scheme_from_dict
+from flashvsr_q.quant.schemes import NF4, BnbInt8, ConvRotScheme, Scheme, scheme_from_dict
 
 FORMAT = "flashvsr-q-compressed"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PARTS = {"dit": "dit.safetensors", "lq_proj": "lq_proj.safetensors", "decoder": "decoder.safetensors",
          "prompt": "prompt.safetensors"}
-LIBRARIES = ("torch", "torchao", "bitsandbytes", "safetensors", "flashvsr_q")
+LIBRARIES = ("torch", "torchao", "bitsandbytes", "comfy_kitchen", "safetensors", "flashvsr_q")
 INT4_OPAQUE = "flashvsr_q.Int4OpaqueTensor"
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -366,7 +367,13 @@ def load_compressed(
         if isinstance(scheme, (BnbInt8, NF4)):
             local = {k[len(fqn) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(fqn + ".")]}
             _swap(model, fqn, _build_bnb(scheme, model.get_submodule(fqn), local, dtype, device, fqn))
-    bnb_prefixes = tuple(f"{fqn}." for fqn, s in plan.items() if isinstance(s, (BnbInt8, NF4)))
+        elif isinstance(scheme, ConvRotScheme):  # int8 / fp8 scales keep their stored dtype: not cast below
+            local = {k[len(fqn) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(fqn + ".")]}
+            try:
+                _swap(model, fqn, scheme.restore(model.get_submodule(fqn), local, dtype, device))
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"{path}: {fqn}: unexpected {scheme.name} tensors ({exc})") from None
+    bnb_prefixes = tuple(f"{fqn}." for fqn, s in plan.items() if isinstance(s, (BnbInt8, NF4, ConvRotScheme)))
     state = {k: _to(v, dtype, device) for k, v in state.items()}
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not k.startswith(bnb_prefixes)]

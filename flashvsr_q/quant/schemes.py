@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from flashvsr_q.errors import BackendUnavailable
+from flashvsr_q.quant.convrot import ConvRotLinear, ConvRotW4A8Linear, group_for, is_power_of_4
 from flashvsr_q.quant.stats import LayerCalibration
 
 SCHEMES: dict[str, type[Scheme]] = {}
@@ -383,6 +384,130 @@ class W4A8Int(TorchAOScheme):
 
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                      weight_granularity=PerGroup(self.group_size))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ConvRot schemes (the module is replaced by a rotated one; convrot.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvRotScheme(Scheme):
+    """Group-wise regular-Hadamard rotation before quantization. ``group_size`` is the largest group (a power of 4);
+    a layer whose in_features it does not divide takes the largest power of 4 that does (``convrot.group_for``)."""
+
+    activations: ClassVar[str] = "dynamic"
+    group_size: int = 256
+
+    def __post_init__(self) -> None:
+        if not is_power_of_4(self.group_size):
+            raise ValueError(f"convrot group_size must be a power of 4 (16, 64, 256, 1024), got {self.group_size}")
+
+    def group(self, in_features: int) -> int:
+        return group_for(in_features, self.group_size)
+
+    def check_layer(self, module):
+        reason = super().check_layer(module)
+        if reason is None and self.group(module.in_features) < 16:
+            reason = f"in_features {module.in_features} is not a multiple of 16 (no ConvRot group of 16 or more)"
+        return reason
+
+    def restore(self, meta_linear: nn.Linear, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                device: torch.device | str) -> nn.Module:
+        """The module of a saved layer, rebuilt from its state-dict tensors (scales keep their stored dtype)."""
+        raise NotImplementedError
+
+
+@register_scheme
+@dataclass(frozen=True)
+class W8A8Int8ConvRot(ConvRotScheme):
+    """ComfyUI's INT8 ConvRot: rotated int8 weights per output row (fp32 ``[N, 1]`` scales), activations rotated and
+    quantized per token at run time. ``clip``: ``absmax`` (ComfyUI's rule), ``mse`` (per-row MSE-optimal scale of
+    the rotated weight) or ``mse_calibrated`` (the same, weighted by the calibration's per-channel input abs-max)."""
+
+    name: ClassVar[str] = "w8a8_int8_convrot"
+    library: ClassVar[str] = "torch"
+    summary: ClassVar[str] = ("ConvRot (Hadamard-rotated) int8 weights + dynamic per-token int8 activations, ComfyUI's "
+                              "int8_tensorwise+convrot; CUDA SM75+ (comfy-kitchen kernels) or CPU")
+    weight_bits: ClassVar[int] = 8
+    nearest: ClassVar[tuple[str, ...]] = ("int8_weight_only",)
+    clip: str = "absmax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.clip not in ("absmax", "mse", "mse_calibrated"):
+            raise ValueError(f"convrot clip must be absmax, mse or mse_calibrated, got {self.clip!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.clip == "mse_calibrated"
+
+    def unavailable(self, device):
+        device = torch.device(device)
+        if device.type == "cuda":
+            return _needs_cuda_sm(device, (7, 5), "int8 x int8 matmul")
+        if device.type != "cpu":
+            return f"no int8 matmul for {device.type}"
+        return None
+
+    def quantize(self, linear, calibration=None):
+        if calibration is not None and calibration.smoothing is not None:
+            raise ValueError(f"{self.name} does not support SmoothQuant factors (the rotation replaces them)")
+        absmax = None
+        if self.clip == "mse_calibrated":
+            if calibration is None:
+                raise ValueError(f"{self.name} with clip=mse_calibrated needs activation statistics")
+            absmax = calibration.input_absmax
+        clip = "absmax" if self.clip == "absmax" else "mse"
+        return ConvRotLinear.from_linear(linear, self.group(linear.in_features), clip, absmax)
+
+    def restore(self, meta_linear, tensors, dtype, device):
+        module = ConvRotLinear(meta_linear.in_features, meta_linear.out_features, self.group(meta_linear.in_features),
+                               "bias" in tensors, dtype, device)
+        return module.load_quantized(tensors["weight"], tensors["weight_scale"], tensors.get("bias"))
+
+
+@register_scheme
+@dataclass(frozen=True)
+class W4A8Int8ConvRot(ConvRotScheme):
+    """ConvRot W4A8 on comfy-kitchen's ``asym_w4a8_int8`` kernels (eager on CPU, Triton/CUDA on GPU): rotated weights
+    as 4-bit codebook values in groups of ``w4_group_size`` with fp8 relative scales, int8 per-token activations."""
+
+    name: ClassVar[str] = "w4a8_int8_convrot"
+    library: ClassVar[str] = "comfy_kitchen"
+    summary: ClassVar[str] = ("ConvRot 4-bit weights + dynamic int8 activations (comfy-kitchen asym_w4a8_int8); "
+                              "CUDA or CPU")
+    weight_bits: ClassVar[int] = 4
+    nearest: ClassVar[tuple[str, ...]] = ("w8a8_int8_convrot", "int8_weight_only")
+    w4_group_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.w4_group_size < 4 or (16 % self.w4_group_size and self.w4_group_size % 16):
+            raise ValueError(f"w4_group_size must be 4, 8, 16 or a multiple of 16, got {self.w4_group_size}")
+
+    def unavailable(self, device):
+        device = torch.device(device)
+        if device.type not in ("cpu", "cuda"):
+            return f"comfy-kitchen has no W4A8 kernel for {device.type}"
+        return super().unavailable(device)
+
+    def check_layer(self, module):
+        reason = super().check_layer(module)
+        if reason is None and module.in_features % max(16, self.w4_group_size):
+            reason = f"in_features {module.in_features} is not a multiple of {max(16, self.w4_group_size)}"
+        return reason
+
+    def quantize(self, linear, calibration=None):
+        if calibration is not None and calibration.smoothing is not None:
+            raise ValueError(f"{self.name} does not support SmoothQuant factors")
+        return ConvRotW4A8Linear.from_linear(linear, self.group(linear.in_features), self.w4_group_size)
+
+    def restore(self, meta_linear, tensors, dtype, device):
+        module = ConvRotW4A8Linear(meta_linear.in_features, meta_linear.out_features,
+                                   self.group(meta_linear.in_features), self.w4_group_size, "bias" in tensors,
+                                   dtype, device)
+        return module.load_quantized(tensors, tensors.get("bias"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

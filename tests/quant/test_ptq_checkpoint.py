@@ -28,6 +28,7 @@ from flashvsr_q.quant import (
     save_compressed,
 )
 from flashvsr_q.quant import checkpoint as ckpt
+from flashvsr_q.quant.convrot import ConvRotLinear, ConvRotW4A8Linear
 from flashvsr_q.quant.recipes import shipped_recipes
 
 CPU_RECIPES = [n for n in sorted(shipped_recipes())
@@ -55,9 +56,9 @@ def quantized(name: str, seed: int = 0):
 
 
 def is_quantized(module: nn.Module) -> bool:
-    """A bitsandbytes module, or any parameter held as a tensor subclass (torchao)."""
-    return type(module).__module__.startswith("bitsandbytes") or any(
-        type(p.data) is not torch.Tensor for p in module.parameters(recurse=False))
+    """A bitsandbytes or ConvRot module, or any parameter held as a tensor subclass (torchao)."""
+    return isinstance(module, (ConvRotLinear, ConvRotW4A8Linear)) or type(module).__module__.startswith(
+        "bitsandbytes") or any(type(p.data) is not torch.Tensor for p in module.parameters(recurse=False))
 
 
 @pytest.mark.parametrize("name", CPU_RECIPES)
