@@ -20,10 +20,22 @@ from flashvsr_q.model.streaming import (
     tensor_noise,
 )
 from flashvsr_q.model.tc_decoder import DecoderState, TCDecoder
+from flashvsr_q.model.wan_vae import (
+    WAN_VAE_PRESETS,
+    FeatureCache,
+    TileSettings,
+    WanVAEConfig,
+    WanVAEDecoder,
+    WanVAEStream,
+    get_wan_vae_config,
+)
+from flashvsr_q.model.wan_vae_file import WAN_VAE_FILE, load_wan_vae, save_wan_vae, synthetic_wan_vae_state
 
 __all__ = [
     "OFFICIAL_FILES", "PRESETS", "ChunkOutput", "DecoderState", "DiTConditioning", "FlashVSR", "FlashVSRConfig",
     "FlashVSRStream", "KVCache", "LQProjState", "LQProjection", "SeededNoise", "TCDecoder", "WanDiT",
     "chunk_lr_ranges", "count_parameters", "get_config", "infer_config", "is_official_layout", "load_official",
     "padded_length", "run_clip", "save_official", "tensor_noise",
+    "WAN_VAE_FILE", "WAN_VAE_PRESETS", "FeatureCache", "TileSettings", "WanVAEConfig", "WanVAEDecoder", "WanVAEStream",
+    "get_wan_vae_config", "load_wan_vae", "save_wan_vae", "synthetic_wan_vae_state",
 ]

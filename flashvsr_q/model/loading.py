@@ -33,6 +33,8 @@ OFFICIAL_FILES = {
     "decoder": "TCDecoder.ckpt",
     "prompt": "posi_prompt.pth",
 }
+# The "Full" pipeline's decoder (spec §7.2); optional, so not part of OFFICIAL_FILES. Read by model.wan_vae_file.
+WAN_VAE_FILE = "Wan2.1_VAE.pth"
 FILE_DTYPES = {"dit": torch.float32, "lq_proj": torch.bfloat16, "decoder": torch.float32, "prompt": torch.bfloat16}
 # Our own small models in the official layout carry their config here (the official folders have none).
 CONFIG_SIDECAR = "flashvsr-q-config.json"
