@@ -112,7 +112,7 @@ def rotated_channel_weights(input_absmax: torch.Tensor, group: int) -> torch.Ten
     if a2.ndim == 0:
         raise ValueError("per-tensor statistics carry no per-channel weighting")
     k = a2.numel()
-    return a2.reshape(k // group, group).mean(dim=1, keepdim=True).expand(k // group, group).reshape(k)
+    return a2.reshape(k // group, group).mean(dim=1, keepdim=True).expand(k // group, group).reshape(k).float()
 
 
 def mse_row_scales(w_rot: torch.Tensor, column_weights: torch.Tensor | None = None,
