@@ -1,0 +1,1 @@
+"""The use cases: one options dataclass and one function each, composing the layers below."""
