@@ -19,7 +19,8 @@ Modules (each one concept):
 - ``schemes``: ``Scheme`` (a frozen dataclass wrapping a torchao v2 config or a bitsandbytes module) and the
   registry ``SCHEMES`` filled by ``@register_scheme``. Names: ``int8_weight_only``, ``w8a8_int8``,
   ``w8a8_int8_static``, ``fp8_weight_only``, ``w8a8_fp8``, ``bnb_int8``, ``nf4``, ``int4_weight_only``,
-  ``w4a8_int``. ``get_scheme(name, **options)``; ``scheme.unavailable(device) -> reason | None``;
+  ``w4a8_int``, ``w8a8_int8_convrot``, ``w4a8_int8_convrot``. ``get_scheme(name, **options)``;
+  ``scheme.unavailable(device) -> reason | None``;
   ``scheme.nearest_available(device)``; ``scheme.quantize(linear, layer_calibration) -> nn.Module``.
 - ``recipes``: ``Recipe`` (YAML: ``keep:`` regex list, ``rules:`` regex -> scheme, metadata, ``calibration:``,
   ``smoothquant:``), ``load_recipe``, ``resolve_plan(recipe, model, device) -> QuantPlan`` (``LayerPlan`` per
@@ -28,8 +29,11 @@ Modules (each one concept):
 - ``stats``: the calibration hand-off types below (``LayerCalibration``, ``CalibrationStats``).
 - ``checkpoint``: ``save_compressed``, ``load_compressed``, ``read_manifest``, ``verify_files``.
 - ``report``: ``inspect_checkpoint(path) -> dict`` and ``format_inspection`` (``flashvsr-q inspect``).
+- ``convrot``: the ConvRot rotation (regular Hadamard groups), its int8 linear and modules.
+- ``comfy``: ComfyUI's native ``comfy_quant`` DiT file: ``to_comfy``, ``write_comfy``, ``read_comfy`` /
+  ``from_comfy``, ``build_linear``, ``apply_comfy``.
 - ``export``: ``export_fp8_official`` (official file layout, ComfyUI "scaled fp8" convention) and its reader.
-- ``measure``: file sizes and peak RSS of quantizing the official-size DiT (``python -m flashvsr_q.quant.measure``).
+- ``measure``: file sizes and peak RSS of quantizing the official-size DiT (``python tools/quant_measure.py``).
 
 Calibration hand-off (implemented by ``calibration`` / ``observers`` / ``smoothquant`` / ``sensitivity``):
 
