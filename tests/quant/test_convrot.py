@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from helpers import random_model
+from helpers import random_model, requires_cuda
 from quant.quant_helpers import dit_output, sqnr
 
 from flashvsr_q.errors import BackendUnavailable
@@ -225,3 +225,14 @@ def test_w4a8_convrot_checkpoint_round_trip(tmp_path):
     assert isinstance(loaded.dit.blocks[1].ffn[0], ConvRotW4A8Linear)
     assert loaded.dit.blocks[1].ffn[0].s_rel.dtype == torch.float8_e4m3fn
     assert torch.equal(dit_output(loaded), out)
+
+
+@requires_cuda
+def test_cuda_kernels_match_the_reference_within_rounding():
+    # comfy-kitchen's fused rotate+quantize (group 256) and cuBLASLt int8 GEMM against the PyTorch path
+    torch.manual_seed(0)
+    module = ConvRotLinear.from_linear(nn.Linear(1536, 512).to(torch.bfloat16), 256).cuda()
+    x = outlier_input(1536).to("cuda", torch.bfloat16)
+    fast = module(x)
+    reference = int8_linear_reference(x, module.weight, module.weight_scale, module.bias, 256)
+    assert fast.dtype == torch.bfloat16 and sqnr(reference, fast) > 40
