@@ -11,23 +11,33 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.model import FlashVSR, infer_config, is_official_layout, load_official
+from flashvsr_q.quant import (
+    CalibrationStats,
+    QuantPlan,
+    Recipe,
+    RecipeError,
+    load_compressed,
+    load_recipe,
+    quantize_model,
+    quantize_official,
+    resolve_plan,
+)
 from flashvsr_q.shipped import small_model_dir
-
-if TYPE_CHECKING:
-    from flashvsr_q.quant import CalibrationStats, QuantPlan, Recipe
 
 ENV_CHECKPOINT = "FLASHVSR_Q_CHECKPOINT"
 MANIFEST = "manifest.json"
 
+RecipeLike = str | os.PathLike | Recipe
+CalibrationLike = str | os.PathLike | CalibrationStats
+
 
 def default_checkpoint() -> Path:
-    """``$FLASHVSR_Q_CHECKPOINT`` if set, else the small model shipped in ``checkpoints/flashvsr-small``."""
+    """``$FLASHVSR_Q_CHECKPOINT`` if set, else the small model shipped with flashvsr-q."""
     env = os.environ.get(ENV_CHECKPOINT)
     return Path(env) if env else small_model_dir()
 
@@ -45,19 +55,37 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
                           f"(no {MANIFEST}, no diffusion_pytorch_model_streaming_dmd.safetensors)")
 
 
+def read_recipe_and_calibration(recipe: RecipeLike | None, calibration: CalibrationLike | None,
+                                ) -> tuple[Recipe | None, CalibrationStats | None]:
+    """Read a recipe (name, YAML path or ``Recipe``) and statistics (path or ``CalibrationStats``) up front, so
+    that a bad name or file is refused before any weight is read; returns (recipe or None, statistics or None)."""
+    if recipe is None:
+        if calibration is not None:
+            raise FlashVSRError("--calibration only applies with --recipe (the statistics are used while quantizing)")
+        return None, None
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if calibration is None and recipe.needs_calibration:
+        raise RecipeError(f"recipe {recipe.name} needs calibration statistics: run `flashvsr-q calibrate` and pass "
+                          "the result with --calibration")
+    if calibration is not None and not isinstance(calibration, CalibrationStats):
+        calibration = CalibrationStats.load(calibration)
+    return recipe, calibration
+
+
 def load_checkpoint(
     path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu", variant: str = "v1.1", recipe: str | os.PathLike | Recipe | None = None,
-    calibration: str | os.PathLike | CalibrationStats | None = None,
-    on_plan: Callable[[QuantPlan], None] | None = None,
+    device: torch.device | str = "cpu", variant: str | None = None, recipe: RecipeLike | None = None,
+    calibration: CalibrationLike | None = None, on_plan: Callable[[QuantPlan], None] | None = None,
 ) -> FlashVSR:
-    """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly.
+    """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly; the model is in eval mode.
 
     Args:
         path: folder; None means :func:`default_checkpoint`.
         dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
-        variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"); folders that
-            record their architecture (a compressed manifest, a config sidecar) use what they record.
+        variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"; None: v1.1, the
+            files cannot tell). Folders that record their architecture (a compressed manifest, a config sidecar) use
+            what they record, and a ``variant`` that contradicts it is an error.
         recipe: a shipped recipe name, a YAML path or a ``Recipe`` (``flashvsr-q upscale --recipe``). An official
             folder is then read layer by layer and each planned layer quantized as it arrives, as
             ``flashvsr-q quantize`` does (never a float copy of the whole model); a compressed one is loaded, then
@@ -68,42 +96,34 @@ def load_checkpoint(
     Raises:
         CheckpointError: a missing, unreadable or mismatched folder. RecipeError / BackendUnavailable: a recipe that
         does not fit the model or the device, or needs statistics that were not given.
+
+    Example:
+        >>> import flashvsr_q as fq
+        >>> model = fq.load_checkpoint(dtype=torch.float32)     # the shipped small model
+        >>> model.config.name
+        'small'
     """
     path = Path(path) if path is not None else default_checkpoint()
     kind = checkpoint_kind(path)
+    recipe, calibration = read_recipe_and_calibration(recipe, calibration)
     if recipe is None:
-        if calibration is not None:
-            raise FlashVSRError("calibration statistics are only used together with a recipe")
-        if kind == "compressed":
-            from flashvsr_q.quant.checkpoint import load_compressed
-
-            return load_compressed(path, dtype=dtype, device=device)
-        return load_official(path, variant=variant, dtype=dtype, device=device)
-
-    from flashvsr_q.quant import (
-        CalibrationStats,
-        Recipe,
-        load_compressed,
-        load_recipe,
-        quantize_model,
-        quantize_official,
-        resolve_plan,
-    )
-
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if calibration is not None and not isinstance(calibration, CalibrationStats):
-        calibration = CalibrationStats.load(calibration)
-    if kind == "official":
+        model = (load_compressed(path, dtype=dtype, device=device) if kind == "compressed"
+                 else load_official(path, variant=variant or "v1.1", dtype=dtype, device=device))
+    elif kind == "official":
         with torch.device("meta"):
-            skeleton = FlashVSR(infer_config(path, variant))
+            skeleton = FlashVSR(infer_config(path, variant or "v1.1"))
         plan = resolve_plan(recipe, skeleton, device)
         if on_plan is not None:
             on_plan(plan)
         model, _ = quantize_official(path, plan, dtype=dtype, device=device, calibration=calibration,
-                                     variant=variant)
-        return model
-    model = load_compressed(path, dtype=dtype, device=device)
-    plan = resolve_plan(recipe, model, device)
-    if on_plan is not None:
-        on_plan(plan)
-    return quantize_model(model, plan, calibration)
+                                     variant=variant or "v1.1")
+    else:
+        model = load_compressed(path, dtype=dtype, device=device)
+        plan = resolve_plan(recipe, model, device)
+        if on_plan is not None:
+            on_plan(plan)
+        model = quantize_model(model, plan, calibration)
+    if variant is not None and model.config.lq_variant != variant:
+        raise CheckpointError(f"{path} records its LQ projection as {model.config.lq_variant}; --variant "
+                              f"{variant} is only for official folders without a config (their files cannot tell)")
+    return model.eval()

@@ -22,6 +22,9 @@ from flashvsr_q.attention.registry import (
     register_backend,
 )
 
+# The built-in backends register themselves on import (each loads its optional kernel only when first called).
+from flashvsr_q.attention import block_sparse, dense, flex, sage, sparse, triton_sparse  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "BLOCK",
     "AttentionBackend",

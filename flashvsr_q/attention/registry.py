@@ -74,13 +74,11 @@ def register_backend(
 
 def backend_names() -> list[str]:
     """All registered names (available or not)."""
-    _load_builtin_backends()
     return list(_REGISTRY)
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:
     """name -> None if it can run on ``device``, else the reason it cannot."""
-    _load_builtin_backends()
     device = torch.device(device)
     return {name: b.unavailable(device) for name, b in _REGISTRY.items()}
 
@@ -91,7 +89,6 @@ def get_backend(name: str, device: torch.device | str = "cpu") -> AttentionBacke
     Raises:
         BackendUnavailable: unknown name, or the backend cannot run here (the message says why and what can).
     """
-    _load_builtin_backends()
     device = torch.device(device)
     if name == "auto":
         for candidate in AUTO_ORDER:
@@ -109,7 +106,3 @@ def get_backend(name: str, device: torch.device | str = "cpu") -> AttentionBacke
         raise BackendUnavailable(f"attention backend {name!r} cannot run on {device}: {reason}; available: {ok}")
     return _REGISTRY[name]
 
-
-def _load_builtin_backends() -> None:
-    # Imported lazily so that registering happens exactly once and optional kernels load only when asked for.
-    from flashvsr_q.attention import block_sparse, dense, flex, sage, sparse, triton_sparse  # noqa: F401

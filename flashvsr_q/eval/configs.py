@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
+from flashvsr_q.attention.registry import backend_names
+from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.infer.checks import resolve_device, resolve_dtype
+from flashvsr_q.infer.tiling import parse_tile
+from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+from flashvsr_q.quant.recipes import shipped_recipes
+from flashvsr_q.quant.stats import CalibrationStats
 
 CONFIG_KEYS = ("checkpoint", "recipe", "tile", "attention", "dtype", "color_fix", "calibration", "kind")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -60,7 +67,6 @@ class EvalConfig:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
-        from flashvsr_q.infer.tiling import parse_tile
 
         if not self.name or ":" in self.name or self.name != self.name.strip():
             raise FlashVSRError(f"configuration name {self.name!r} must be non-empty, hold no ':' and no outer spaces")
@@ -183,11 +189,9 @@ def expand_all(values: Sequence[str], axis: str) -> list[str | None]:
     out: list[str | None] = []
     for value in values:
         if value == "all" and axis == "attention":
-            from flashvsr_q.attention.registry import backend_names
 
             out += backend_names()
         elif value == "all" and axis == "recipe":
-            from flashvsr_q.quant.recipes import shipped_recipes
 
             out += list(shipped_recipes())
         elif axis == "recipe" and value.lower() in NO_RECIPE:
@@ -211,14 +215,11 @@ def check_config(config: EvalConfig) -> None:
     """
     if config.kind == "bicubic":
         return
-    from flashvsr_q.attention.registry import backend_names
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
 
     where = f"configuration {config.name!r}"
     try:
         checkpoint_kind(config.checkpoint or default_checkpoint())
         if config.recipe is not None:
-            from flashvsr_q.quant import load_recipe
 
             load_recipe(config.recipe)
     except FlashVSRError as exc:
@@ -236,19 +237,15 @@ def load_config_model(config: EvalConfig, device: str | torch.device | None = No
     Raises:
         FlashVSRError (incl. BackendUnavailable, RecipeError): the configuration cannot run here.
     """
-    from flashvsr_q.checkpoints import load_checkpoint
-    from flashvsr_q.infer.runner import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dtype = resolve_dtype(config.dtype, dev)
     model = load_checkpoint(config.checkpoint, dtype=dtype, device=dev).eval()
     if config.recipe is not None:
-        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
 
         plan = resolve_plan(load_recipe(config.recipe), model, dev)
         stats = None
         if config.calibration is not None:
-            from flashvsr_q.quant.stats import CalibrationStats
 
             stats = CalibrationStats.load(config.calibration)
         quantize_model(model, plan, calibration=stats)
@@ -259,7 +256,6 @@ def load_config_model(config: EvalConfig, device: str | torch.device | None = No
 def checkpoint_fingerprint(path: str | os.PathLike | None, limit: int = 256 << 20) -> str:
     """``folder (sha256 abcdef012345)`` over the folder's files, or ``(not hashed: N MB)`` above ``limit`` bytes,
     so a report says which weights it measured."""
-    from flashvsr_q.checkpoints import default_checkpoint
 
     folder = Path(path) if path else default_checkpoint()
     files = sorted(p for p in folder.iterdir() if p.is_file())

@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flashvsr_q.data.clips import held_out_clips
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.degrade import RealBasicVSRDegradation, bicubic_downscale
+from flashvsr_q.video.clips import is_video_path, list_images, read_frames
 
 KINDS = ("auto", "reds", "videolq", "videos", "heldout")
 DEGRADATIONS = ("bicubic", "realbasicvsr")
@@ -78,7 +81,6 @@ def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _media(folder: Path) -> tuple[list[Path], list[Path]]:
-    from flashvsr_q.video.clips import is_video_path, list_images
 
     videos = sorted(p for p in folder.iterdir() if p.is_file() and is_video_path(p))
     image_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
@@ -97,7 +99,6 @@ def detect_kind(path: str | os.PathLike) -> str:
         return str(path)
     root = Path(path)
     if root.is_file():
-        from flashvsr_q.video.clips import is_video_path
 
         if is_video_path(root):
             return "videos"
@@ -153,7 +154,6 @@ def _lr_view(source: FrameSource, scale: int, crop: Crop | None) -> FrameSource:
 
 
 def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
-    from flashvsr_q.video.clips import read_frames
 
     def open_() -> Iterator[np.ndarray]:
         stop = None if frames is None else start + frames
@@ -163,7 +163,6 @@ def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
 
 
 def _degraded(hr: FrameSource, degradation: str, seed: int, scale: int) -> FrameSource:
-    from flashvsr_q.eval.degrade import RealBasicVSRDegradation, bicubic_downscale
 
     if degradation == "bicubic":
         return lambda: (bicubic_downscale(f, scale) for f in hr())
@@ -201,7 +200,6 @@ def _checked(name: str, kind: str, clips: list[Clip]) -> Dataset:
 
 
 def _heldout(frames: int | None, degradation: str, seed: int, scale: int, crop: Crop | None) -> list[Clip]:
-    from flashvsr_q.data.clips import held_out_clips
 
     clips = []
     for i, (name, video) in enumerate(held_out_clips().items()):  # uint8 [T, 3, H, W]

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvsr_q.video import clips as clipio
 from flashvsr_q.eval.metrics import DOVER_WEIGHTS, resolve_device
 from flashvsr_q.eval.weights import MetricUnavailable, offline, require
+from flashvsr_q.video import clips as clipio
 
 # dover.yml, "val-l1080p" sample types: the ones DOVER's evaluation scripts use
 SAMPLE_TYPES = {

@@ -47,6 +47,8 @@ from flashvsr_q.eval.configs import (
     sweep,
 )
 from flashvsr_q.eval.datasets import Clip, Dataset
+from flashvsr_q.eval.dover import Dover
+from flashvsr_q.eval.metrics import METRICS, build_metric, to_tensor
 from flashvsr_q.eval.summary import (
     DOC_BEGIN,
     DOC_END,
@@ -57,6 +59,11 @@ from flashvsr_q.eval.summary import (
     splice_markdown,
     write_eval_report,
 )
+from flashvsr_q.eval.temporal import build_temporal
+from flashvsr_q.eval.weights import MetricUnavailable
+from flashvsr_q.infer import upscale_frames
+from flashvsr_q.infer.pipeline import check_cancel
+from flashvsr_q.video.clips import ClipWriter
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +102,6 @@ def build_meters(metrics: Sequence[str], has_gt: bool, device: str | torch.devic
     Raises:
         FlashVSRError: an unknown metric name.
     """
-    from flashvsr_q.eval.metrics import METRICS, build_metric
-    from flashvsr_q.eval.temporal import build_temporal
-    from flashvsr_q.eval.weights import MetricUnavailable
 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -114,7 +118,6 @@ def build_meters(metrics: Sequence[str], has_gt: bool, device: str | torch.devic
             elif spec.kind == "temporal":
                 meters.temporal.append(build_temporal(name, device))
             else:
-                from flashvsr_q.eval.dover import Dover
 
                 meters.dover = Dover(device, seed)
         except MetricUnavailable as exc:
@@ -133,7 +136,6 @@ class Scorer:
 
     def update(self, sr: np.ndarray, gt: np.ndarray | None) -> None:
         """Score one output frame against its GT frame (None without GT)."""
-        from flashvsr_q.eval.metrics import to_tensor
 
         if gt is not None and sr.shape != gt.shape:
             raise FlashVSRError(f"the output frame is {sr.shape[1]}x{sr.shape[0]} but GT is "
@@ -191,7 +193,6 @@ def score_clip(config: EvalConfig, model: torch.nn.Module | None, clip: Clip, me
     Raises:
         FlashVSRError: output and GT differ in size or frame count; ``infer.Cancelled`` when ``cancel`` is set.
     """
-    from flashvsr_q.infer.pipeline import check_cancel
 
     check_cancel(cancel)
     clock = clock if clock is not None else [0.0]
@@ -207,7 +208,6 @@ def score_clip(config: EvalConfig, model: torch.nn.Module | None, clip: Clip, me
     if config.kind == "bicubic":
         produced = bicubic_frames(lr_frames(), scale)
     else:
-        from flashvsr_q.infer import upscale_frames
 
         produced = upscale_frames(model, lr_frames(), scale=scale, tile=config.tile, color_fix=config.color_fix,
                                   seed=seed, cancel=cancel, on_plan=plans.append)
@@ -215,7 +215,6 @@ def score_clip(config: EvalConfig, model: torch.nn.Module | None, clip: Clip, me
     gt_frames = clip.hr() if clip.hr is not None else None
     writer, tmp = None, None
     if meters.dover is not None:
-        from flashvsr_q.video.clips import ClipWriter
 
         tmp = Path(tempfile.mkdtemp(prefix="flashvsr-q-eval-"))
         writer = ClipWriter(tmp / "sr.mkv")  # lossless (libx264rgb, CRF 0), for DOVER only

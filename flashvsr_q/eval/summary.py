@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.metrics import METRICS, base_name
+from flashvsr_q.eval.report import Report, column_title, fmt, write_report
 from flashvsr_q.files import write_json, write_text
 
 if TYPE_CHECKING:
@@ -59,8 +61,6 @@ def write_eval_report(res: EvalResults, out_dir: str | os.PathLike, title: str =
     ``deltas.png``, ``<metric>_per_frame.png`` (see ``write_report``) and ``configs.json`` (every configuration,
     whether it ran, how, and why not).
     """
-    from flashvsr_q.eval.metrics import METRICS, base_name
-    from flashvsr_q.eval.report import write_report
 
     names = sorted({n for clips in res.per_frame.values() for values in clips.values() for n in values})
     frame = [n for n in names if base_name(n) in METRICS and METRICS[base_name(n)].kind == "frame"]
@@ -122,7 +122,6 @@ def splice_markdown(doc: str | os.PathLike, res: EvalResults, levels: int = 2) -
 
 def describe_results(res: EvalResults, metrics: Sequence[str] | None = None) -> str:
     """A compact text table of the means (rows: configurations) for the terminal."""
-    from flashvsr_q.eval.report import Report, column_title, fmt
 
     report = Report(res.results, res.reference, res.skipped_metrics)
     shown = [m for m in report.metrics if metrics is None or m in metrics or m.split(" (")[0] in metrics]

@@ -1,12 +1,12 @@
 """The tiled streaming upscaler.
 
-    from flashvsr_q.infer import preflight, upscale, upscale_frames
-    summary = upscale("in.mp4", "out.mp4", tile="auto", vram="8GB")            # files and folders
-    summary = upscale("in.mp4", "out.mp4", recipe="int8-weight-only")          # quantized while loading
-    for report in preflight("in.mp4", "out.mp4", vram="8GB"):                  # the plan, without running it
-        print(report.describe())
+    from flashvsr_q.infer import run_job, upscale_frames
     for frame in upscale_frames(model, frames, scale=4, tile="off"):           # uint8 [H, W, 3] in and out
         ...
+    summary = run_job(model, job, settings, tile="auto")                       # one file, segments and resume
+
+It runs whatever ``nn.Module`` it is given (quantized or not) and knows nothing of checkpoints or recipes: files,
+folders, loading and options are the upscale task's (``flashvsr_q.tasks.upscale``).
 
 Modules: ``checks`` (device and dtype, inputs and outputs, model loading, the pre-flight report), ``pipeline``
 (chunk loop, tiles, blending, colour fix), ``tiling`` (geometry, tile planner, weights), ``memory`` (peak device
@@ -24,27 +24,27 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flashvsr_q.infer.checks import Preflight, preflight, resolve_device, resolve_dtype
+    from flashvsr_q.infer.checks import Preflight, resolve_device, resolve_dtype
     from flashvsr_q.infer.memory import MemoryEstimate, MemoryPlan, choose_plan, estimate, parse_bytes
     from flashvsr_q.infer.pipeline import Cancelled, UpscaleSettings, upscale_frames
     from flashvsr_q.infer.progress import Summary
-    from flashvsr_q.infer.runner import upscale
+    from flashvsr_q.infer.runner import Job, run_job
     from flashvsr_q.infer.tiling import Geometry, TilePlan, parse_tile, plan_tiles
 
 _LAZY = {
-    "checks": ("Preflight", "preflight", "resolve_device", "resolve_dtype"),
+    "checks": ("Preflight", "resolve_device", "resolve_dtype"),
     "memory": ("MemoryEstimate", "MemoryPlan", "choose_plan", "estimate", "parse_bytes"),
     "pipeline": ("Cancelled", "UpscaleSettings", "upscale_frames"),
     "progress": ("Summary",),
-    "runner": ("upscale",),
+    "runner": ("Job", "run_job"),
     "tiling": ("Geometry", "TilePlan", "parse_tile", "plan_tiles"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [  # the same names as _LAZY (a test checks it), spelled out for linters and IDEs
-    "Cancelled", "Geometry", "MemoryEstimate", "MemoryPlan", "Preflight", "Summary", "TilePlan", "UpscaleSettings",
-    "choose_plan", "estimate", "parse_bytes", "parse_tile", "plan_tiles", "preflight", "resolve_device",
-    "resolve_dtype", "upscale", "upscale_frames",
+    "Cancelled", "Geometry", "Job", "MemoryEstimate", "MemoryPlan", "Preflight", "Summary", "TilePlan",
+    "UpscaleSettings", "choose_plan", "estimate", "parse_bytes", "parse_tile", "plan_tiles", "resolve_device",
+    "resolve_dtype", "run_job", "upscale_frames",
 ]
 
 

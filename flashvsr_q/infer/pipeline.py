@@ -27,7 +27,7 @@ from PIL import Image
 from flashvsr_q.attention import LCSASettings
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.infer.colorfix import COLOR_FIXES, color_fix, to_uint8
-from flashvsr_q.infer.memory import MemoryPlan, choose_plan, fixed_plan, is_oom, module_bytes
+from flashvsr_q.infer.memory import MemoryPlan, choose_plan, device_budget, fixed_plan, is_oom, module_bytes
 from flashvsr_q.infer.resume import state_to
 from flashvsr_q.infer.tiling import Geometry, TilePlan, parse_tile, plan_from_spec
 from flashvsr_q.model import FlashVSR, FlashVSRStream, SeededNoise
@@ -299,7 +299,6 @@ def upscale_frames(
     On a CUDA out-of-memory error in the first chunk the run restarts with smaller tiles (the frames of that
     chunk are kept); later OOMs are re-raised, because the frames already consumed are gone.
     """
-    from flashvsr_q.infer.memory import device_budget
 
     settings = UpscaleSettings(scale, color_fix, seed, lcsa or LCSASettings())
     it = iter(frames)

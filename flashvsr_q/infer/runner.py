@@ -1,12 +1,12 @@
-"""Upscaling files and folders: jobs, segments, resume, OOM fallback, summary (the checks before: ``checks``).
+"""One job through a given model: segments, resume snapshots, OOM fallback, summary.
 
     video file -> video file      (segments + remux; audio and subtitles copied; timestamps kept)
     image      -> image
     image folder -> image folder  (one PNG per input file, same names)
-    folder of videos -> folder    (batch: one video each, same names)
 
-Every output is written under a temporary name (``OUT.parts/`` work folder, ``.partial`` files) and renamed
-when complete; an existing output is never replaced without ``overwrite``.
+Which jobs run, where their outputs go and which model runs them is the upscale task's business
+(``flashvsr_q.tasks.upscale``); :func:`run_job` runs one. Every output is written under a temporary name
+(``OUT.parts/`` work folder, ``.partial`` files) and renamed when complete.
 """
 
 from __future__ import annotations
@@ -15,25 +15,13 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from flashvsr_q.attention import LCSASettings
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.infer.checks import (
-    DTYPES,
-    Job,
-    Log,
-    Preflight,
-    load_model,
-    log_stderr,
-    plan_jobs,
-    prepare,
-    resolve_device,
-    resolve_dtype,
-)
+from flashvsr_q.infer.checks import Log, Preflight, log_stderr
 from flashvsr_q.infer.memory import (
     MemoryPlan,
     device_budget,
@@ -61,21 +49,27 @@ from flashvsr_q.infer.resume import (
     save_states,
     source_fingerprint,
 )
-from flashvsr_q.video.segments import EncoderSettings, SegmentedWriter
 from flashvsr_q.infer.tiling import Geometry, TilePlan
-from flashvsr_q.video.sources import ImageFolderWriter, write_image
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
-
-if TYPE_CHECKING:
-    from flashvsr_q.infer.checks import CalibrationLike, RecipeLike
+from flashvsr_q.video.segments import EncoderSettings, SegmentedWriter
+from flashvsr_q.video.sources import FrameSource, ImageFolderWriter, write_image
 
 DEFAULT_SEGMENT_FRAMES = 480  # output frames between resume snapshots (rounded to whole chunks of 8)
 
-# DTYPES, Job, load_model, plan_jobs, resolve_device and resolve_dtype live in ``checks``; importing them from here
-# keeps working.
-__all__ = ["DEFAULT_SEGMENT_FRAMES", "DTYPES", "Job", "load_model", "plan_jobs", "resolve_device", "resolve_dtype",
-           "run_job", "upscale"]
+
+@dataclass(frozen=True)
+class Job:
+    """One input and where its output goes. ``kind``: ``"video"``, ``"image"`` or ``"image_folder"``."""
+
+    source: FrameSource
+    output: Path
+    kind: str
+
+    @property
+    def work_dir(self) -> Path | None:
+        """``OUT.parts/`` (segments, manifest, state snapshot); None for a single image."""
+        return None if self.kind == "image" else self.output.with_name(self.output.name + ".parts")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,62 +273,3 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - t0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the public entry point
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def upscale(
-    input: str | Path, output: str | Path, *, checkpoint: str | Path | None = None, model: FlashVSR | None = None,
-    recipe: RecipeLike | None = None, variant: str | None = None, calibration: CalibrationLike | None = None,
-    scale: int = 4, tile: str = "auto",
-    vram: int | str | None = None, attention: str = "auto", color_fix: str = "adain",
-    dtype: str | torch.dtype | None = None, device: str | torch.device | None = None, seed: int = 0,
-    lcsa: LCSASettings | None = None, codec: str = "libx264", crf: float = 18, preset: str = "medium",
-    pix_fmt: str = "yuv420p", audio: bool = True, resume: bool = False, overwrite: bool = False,
-    segment_frames: int = DEFAULT_SEGMENT_FRAMES, show_progress: bool = True,
-    progress: Callable[[int, int], None] | None = None, cancel=None, log: Log = log_stderr,
-) -> Summary | list[Summary] | None:
-    """Upscale a video, an image, an image folder or a folder of videos; returns the summary (a list in batch mode,
-    None when ``resume`` finds the output already complete).
-
-    Args:
-        input, output: paths (see the module docstring for the kinds).
-        checkpoint: checkpoint folder (None: ``$FLASHVSR_Q_CHECKPOINT`` or the shipped small model); or pass
-            ``model`` (already on its device and dtype; then checkpoint, recipe, variant, calibration and dtype
-            must stay None).
-        recipe: quantization recipe applied on the fly while loading: a shipped name (``int8-weight-only``), a
-            YAML path or a ``Recipe``. The memory plan then counts the quantized weights.
-        variant: ``"v1"`` | ``"v1.1"``: the LQ projection of an official folder (its files cannot tell; None means
-            v1.1). Folders that record their architecture must agree.
-        calibration: statistics from ``flashvsr-q calibrate`` (path or ``CalibrationStats``) for recipes with static
-            activation scales or SmoothQuant.
-        scale: integer 1..8 (trained for 4). tile: ``auto`` | ``off`` | ``SIZExOVERLAP`` in LR px.
-        vram: device memory budget (bytes or "8GB"); None: the free CUDA memory, no limit on CPU.
-        attention: backend name or ``auto``. color_fix: ``adain`` | ``wavelet`` | ``none``.
-        dtype: ``bf16`` | ``fp32`` (default bf16 on CUDA, fp32 on CPU). device: ``cpu`` | ``cuda`` (default cuda
-            when available).
-        codec, crf, preset, pix_fmt: video encoder settings. audio: copy audio and subtitle streams.
-        resume: continue an interrupted run from its manifest (refused if input, model or options changed).
-        overwrite: replace an existing output (or an interrupted run's work folder).
-        segment_frames: output frames per segment / resume snapshot.
-        progress: called with (frames done, total); cancel: Event or callable, checked between tiles.
-        log: receives the pre-flight report and notes, one message at a time (default: stderr).
-    Raises:
-        FlashVSRError (and subclasses): bad options, inputs, outputs, checkpoint, recipe or device, all checked
-        before any frame is decoded; ``Cancelled`` when cancelled.
-    """
-    run = prepare(input, output, checkpoint=checkpoint, model=model, recipe=recipe, variant=variant,
-                  calibration=calibration, scale=scale, tile=tile, vram=vram, attention=attention,
-                  color_fix=color_fix, dtype=dtype, device=device, seed=seed, lcsa=lcsa, codec=codec, crf=crf,
-                  preset=preset, pix_fmt=pix_fmt, resume=resume, overwrite=overwrite, log=log)
-    if run.batch:
-        Path(output).mkdir(exist_ok=True)
-    summaries = []
-    for job in run.jobs:
-        summaries.append(run_job(run.model, job, run.settings, tile=tile, vram=run.budget, encoder=run.encoder,
-                                 audio=audio, resume=resume, overwrite=overwrite, segment_frames=segment_frames,
-                                 show_progress=show_progress, progress=progress, cancel=cancel, log=log))
-    return summaries if run.batch else (summaries[0] if summaries else None)

@@ -40,10 +40,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flashvsr_q.data.footage import DatasetRowFootage, SequenceFootage, StillFootage, VideoFootage, resolve_footage
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.model import FlashVSR, FlashVSRStream, SeededNoise, chunk_lr_ranges
 from flashvsr_q.model.streaming import CHUNK_FRAMES, FIRST_CHUNK_FRAMES
+from flashvsr_q.quant.checkpoint import library_versions
 from flashvsr_q.quant.observers import INT8_MAX, LayerObserver, make_observer
+from flashvsr_q.quant.recipes import resolve_plan
 from flashvsr_q.quant.smoothquant import alpha_for, smoothing_factors
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
 from flashvsr_q.shipped import calibration_dir
@@ -96,7 +99,6 @@ def file_identity(path: str | os.PathLike, hash_mode: str = "content", _cache: d
 
 def footage_identity(footage, hash_mode: str = "content") -> dict:
     """What identifies one ``flashvsr_q.data.footage`` source: its file(s), a dataset row, or in-memory pixels."""
-    from flashvsr_q.data.footage import DatasetRowFootage, SequenceFootage, StillFootage, VideoFootage
 
     if isinstance(footage, VideoFootage):
         return {"video": file_identity(footage.path, hash_mode)}
@@ -156,7 +158,6 @@ class FootageClips:
 
     def __init__(self, footage: Sequence, clips: int = 24, frames: int = 41, size: tuple[int, int] = (256, 256),
                  lr_input: bool = False, seed: int = 0, hash_mode: str = "content"):
-        from flashvsr_q.data.footage import resolve_footage
 
         check_geometry(frames, size)
         if clips < 1:
@@ -359,7 +360,6 @@ def calibrate(model: FlashVSR, clips: Iterable[CalibrationClip], config: Calibra
         act_clip[fqn] = obs.range_observer.clip()
         phases[fqn] = dict(obs.calls)
     set_hash = calibration_set_hash(records)
-    from flashvsr_q import __version__
 
     meta = {
         **config.new_observer().settings(),
@@ -370,7 +370,7 @@ def calibrate(model: FlashVSR, clips: Iterable[CalibrationClip], config: Calibra
         "dtype": str(model.dtype).removeprefix("torch."), "chunks": chunks,
         "calibration_set_hash": set_hash, "clips": records,
         "act_clip": act_clip, "smoothed_act_clip": smoothed_clip, "calls_per_phase": phases,
-        "flashvsr_q": __version__, "torch": torch.__version__,
+        "flashvsr_q": library_versions()["flashvsr_q"], "torch": torch.__version__,
     }
     return CalibrationStats(layers, set_hash, meta)
 
@@ -458,7 +458,6 @@ def load_calibration_set(path: str | os.PathLike) -> dict:
 
 def smoothing_from_recipe(recipe, model: nn.Module) -> tuple[str, float | None]:
     """(regex of the layers a recipe quantizes with a scheme that takes SmoothQuant factors, its alpha or None)."""
-    from flashvsr_q.quant.recipes import resolve_plan
 
     plan = resolve_plan(recipe, model, "cpu" if model.device.type == "cpu" else str(model.device))
     fqns = [f for f, layer in plan.quantized.items() if layer.scheme.supports_smoothing]

@@ -42,6 +42,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import atomic_write, write_json, write_text
 from flashvsr_q.model import FlashVSR, SeededNoise, run_clip
 from flashvsr_q.quant.calibration import DIT_BLOCK_LINEARS, CalibrationClip, with_static_ranges
+from flashvsr_q.quant.recipes import model_layers, parse_recipe, resolve_plan
 from flashvsr_q.quant.schemes import Scheme, get_scheme
 from flashvsr_q.quant.stats import CalibrationStats
 
@@ -543,7 +544,6 @@ def recipe_yaml(report: SensitivityReport, mix: MixedPrecision, layers: Sequence
 def generate_recipe(report: SensitivityReport, model: nn.Module, fallback: Scheme | str, budget: int | str,
                     name: str | None = None, device: str = "cpu") -> tuple[str, MixedPrecision]:
     """Plan, write and validate a recipe with the recipe loader; returns (YAML text, plan)."""
-    from flashvsr_q.quant.recipes import model_layers, parse_recipe, resolve_plan
 
     mix = plan_mixed_precision(report, model, fallback, parse_size(budget))
     text = recipe_yaml(report, mix, list(model_layers(model)), name)

@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvsr_q.checkpoints import load_checkpoint
 from flashvsr_q.data.clips import held_out_clips, make_pair
 from flashvsr_q.files import write_json
 from flashvsr_q.infer.colorfix import COLOR_FIXES, color_fix, to_uint8
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import SeededNoise, run_clip
+from flashvsr_q.train.run import init_model
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,13 +48,11 @@ def frame_metrics(out: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
 def load_for_measure(path: str | os.PathLike | None) -> FlashVSR:
     """A model folder (via ``load_checkpoint``) or a Lightning checkpoint of a training run, in fp32 on CPU."""
     if path is not None and str(path).endswith(".ckpt") and Path(path).is_file():
-        from flashvsr_q.train.run import init_model
 
         state = torch.load(str(path), map_location="cpu", weights_only=False)["state_dict"]
         model = init_model("small", 0)  # the training runs' preset (recipe.model)
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
         return model.eval()
-    from flashvsr_q.checkpoints import load_checkpoint
 
     return load_checkpoint(path, dtype=torch.float32)
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from app.app_support import make_checkpoint, make_clip, probe
 
-from flashvsr_q import app_calls as calls
-from flashvsr_q.app_jobs import (
+from flashvsr_q.app import calls
+from flashvsr_q.app.jobs import (
     DEFAULT_CHOICE,
     RECIPE_NONE,
     Job,
@@ -160,7 +160,7 @@ def test_cancellable_callback_stops_a_library_loop():
 def test_metric_and_checkpoint_choices(checkpoint, tmp_path):
     metrics = dict((name, label) for label, name in calls.metric_choices())
     assert metrics["psnr"] == "PSNR ↑" and set(calls.default_metrics()) <= set(metrics)
-    from flashvsr_q.app_jobs import checkpoint_choices
+    from flashvsr_q.app.jobs import checkpoint_choices
 
     values = [value for _, value in checkpoint_choices([checkpoint, tmp_path])]
     assert values[0] == DEFAULT_CHOICE and str(checkpoint) in values and str(tmp_path) not in values

@@ -256,35 +256,33 @@ def test_dry_run_counts_the_recipe_weights_and_writes_nothing(tmp_path, checkpoi
 
 
 def test_library_preflight_matches_the_loaded_model(checkpoint_dir, tmp_path):
-    from flashvsr_q.infer import preflight
-    from flashvsr_q.infer.checks import load_model
+    from flashvsr_q.checkpoints import load_checkpoint
     from flashvsr_q.infer.memory import module_bytes
+    from flashvsr_q.tasks.upscale import UpscaleOptions, preflight
 
     lines: list[str] = []
-    (report,) = preflight(_image(tmp_path), checkpoint=checkpoint_dir, recipe="int8-weight-only", device="cpu",
-                          dtype="fp32", log=lines.append)
-    model = load_model(checkpoint_dir, torch.float32, torch.device("cpu"), recipe="int8-weight-only",
-                       log=lambda m: None)
+    (report,) = preflight(UpscaleOptions(_image(tmp_path), checkpoint=checkpoint_dir, recipe="int8-weight-only",
+                                         device="cpu", dtype="fp32"), log=lines.append)
+    model = load_checkpoint(checkpoint_dir, dtype=torch.float32, device="cpu", recipe="int8-weight-only")
     assert report.memory.estimate.weights == module_bytes(model) and report.output is None
     assert any(line.startswith("plan: recipe int8-weight-only") for line in lines)
     assert report.to_dict()["model"] == model.config.name and report.describe().startswith(str(tmp_path))
 
 
 def test_resume_fingerprint_tells_recipes_apart(checkpoint_dir):
-    from flashvsr_q.infer.checks import load_model
+    from flashvsr_q.checkpoints import load_checkpoint
     from flashvsr_q.infer.resume import model_fingerprint
 
     def fingerprint(recipe):
-        model = load_model(checkpoint_dir, torch.float32, torch.device("cpu"), recipe=recipe, log=lambda m: None)
+        model = load_checkpoint(checkpoint_dir, dtype=torch.float32, device="cpu", recipe=recipe)
         return model_fingerprint(model)
 
     int8, w8a8 = fingerprint("int8-weight-only"), fingerprint("w8a8-int8")
     assert len({int8, w8a8, fingerprint(None)}) == 3  # another recipe is refused
     code = ("import sys, torch\n"
-            "from flashvsr_q.infer.checks import load_model\n"
+            "from flashvsr_q.checkpoints import load_checkpoint\n"
             "from flashvsr_q.infer.resume import model_fingerprint\n"
-            f"m = load_model({str(checkpoint_dir)!r}, torch.float32, torch.device('cpu'), recipe='w8a8-int8', "
-            "log=lambda m: None)\n"
+            f"m = load_checkpoint({str(checkpoint_dir)!r}, dtype=torch.float32, device='cpu', recipe='w8a8-int8')\n"
             "print(model_fingerprint(m))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split()[-1] == w8a8  # the same recipe in another process (a resumed run) is accepted
@@ -313,7 +311,7 @@ def test_variant_is_passed_to_official_folders_and_checked_against_recorded_ones
 
 def test_calibration_for_recipes_with_static_scales(tmp_path, checkpoint_dir, capsys):
     from flashvsr_q.quant import load_recipe, resolve_plan
-    from flashvsr_q.quant.measure import synthetic_calibration
+    from quant_measure import synthetic_calibration
 
     image = _image(tmp_path)
     out = tmp_path / "out.png"
@@ -358,6 +356,6 @@ def test_public_names_are_lazy_and_video_io_does_not_import_torch():
         infer.no_such_name  # noqa: B018
     code = ("import sys, flashvsr_q.video.sources\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
-            "from flashvsr_q.infer import upscale, preflight, resolve_device\n"
-            "assert 'torch' in sys.modules and callable(upscale)")
+            "from flashvsr_q.infer import run_job, resolve_device\n"
+            "assert 'torch' in sys.modules and callable(run_job)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

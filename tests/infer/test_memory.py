@@ -103,7 +103,7 @@ def test_other_errors_are_not_retried(test_model, monkeypatch):
 def test_file_runs_retry_after_oom_and_say_so(tmp_path, checkpoint_dir, monkeypatch):
     from PIL import Image
 
-    from flashvsr_q.infer.runner import upscale
+    from flashvsr_q import upscale
 
     monkeypatch.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", OOMOnLargeTiles)
     Image.fromarray(random_frames(1, 8, 160)[0]).save(tmp_path / "in.png")

@@ -17,7 +17,7 @@ from flashvsr_q.cli import main
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.model import OFFICIAL_FILES, save_official
 from flashvsr_q.quant.export import E4M3_MAX, export_fp8_official, read_fp8_official
-from flashvsr_q.quant.report import inspect_checkpoint
+from flashvsr_q.tasks.inspect import inspect_checkpoint
 
 
 @pytest.fixture(scope="module")

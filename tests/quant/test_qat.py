@@ -19,7 +19,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.model import SeededNoise, run_clip
 from flashvsr_q.model.loading import save_official
 from flashvsr_q.quant.checkpoint import load_compressed, read_manifest
-from flashvsr_q.quant.qat import (
+from flashvsr_q.train.qat.system import (
     LossSettings,
     OptimSettings,
     QATSystem,
@@ -31,7 +31,7 @@ from flashvsr_q.quant.qat import (
     run_qat,
     stream_frames,
 )
-from flashvsr_q.quant.qat_data import make_example
+from flashvsr_q.train.qat.data import make_example
 from flashvsr_q.quant.recipes import load_recipe, parse_recipe, resolve_plan
 from flashvsr_q.quant.schemes import get_scheme
 
@@ -104,7 +104,7 @@ def test_fake_quantization_equals_the_deployed_scheme(name, options):
     assert torch.equal(fake.weight_fake_quantizer(linear.weight.detach()), deployed.weight.dequantize())
     x = torch.randn(2, 40, 256) * torch.linspace(0.1, 3, 256)  # per-channel spread, as in DiT activations
     if act is not None and act.is_symmetric and type(act.granularity).__name__ == "PerToken":
-        from flashvsr_q.quant.qat import PerTokenSymmetricFakeQuantizer
+        from flashvsr_q.train.qat.system import PerTokenSymmetricFakeQuantizer
 
         fake.activation_fake_quantizer = PerTokenSymmetricFakeQuantizer(act)
     with torch.no_grad():
@@ -195,7 +195,7 @@ def test_streaming_forward_equals_inference():
 
 
 def test_loss_decreases_on_a_fixed_batch():
-    from flashvsr_q.quant.qat import distillation_loss
+    from flashvsr_q.train.qat.system import distillation_loss
 
     torch.manual_seed(0)
     teacher = lively_model()

@@ -42,14 +42,21 @@ from lightning.pytorch.callbacks import Callback
 from torch.nn.utils import parametrize
 
 from flashvsr_q.attention import LCSASettings
+from flashvsr_q.checkpoints import load_checkpoint
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json
 from flashvsr_q.model import FlashVSR
+from flashvsr_q.model.dit import DiTBlock
 from flashvsr_q.model.streaming import FlashVSRStream, StreamState, chunk_lr_ranges, tensor_noise
 from flashvsr_q.model.tc_decoder import DecoderState, MemBlock, TCDecoder
-from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, load_recipe, parse_recipe
+from flashvsr_q.quant.checkpoint import save_compressed
+from flashvsr_q.quant.ptq import quantize_model
+from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, load_recipe, parse_recipe, resolve_plan
 from flashvsr_q.quant.schemes import Scheme
+from flashvsr_q.train.forward import conditioning_with_grad, decode_parallel
+from flashvsr_q.train.qat.data import DEGRADATIONS, QATDataModule, clip_psnr, heldout_clips, recovery_table
 from flashvsr_q.train.recipe import _build  # the typed YAML -> dataclass builder of the training recipe
+from flashvsr_q.train.run import LossHistory, StopAfter
 from flashvsr_q.train.system import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -198,7 +205,6 @@ def load_qat_recipe(path: str | os.PathLike) -> QATRecipe:
 
 
 def check_settings(settings: QATSettings, quant: Recipe) -> None:
-    from flashvsr_q.quant.qat_data import DEGRADATIONS
 
     fail = lambda msg: RecipeError(f"qat: {msg}")  # noqa: E731
     if settings.data.size % 128:
@@ -356,7 +362,6 @@ def convert_student(model: FlashVSR, plan: QuantPlan, calibration=None, dtype: t
     from torchao.quantization.qat import QATConfig
     from torchao.quantization.qat.linear import FakeQuantizedLinear
 
-    from flashvsr_q.quant.ptq import quantize_model
 
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
@@ -394,7 +399,6 @@ def decode_first_chunk(decoder: TCDecoder, latents: torch.Tensor, cond: torch.Te
     Returns:
         frames [B, 4T - 3, 3, 8h, 8w] roughly in [0, 1], and the :class:`DecoderState` for the next chunk.
     """
-    from flashvsr_q.train.forward import decode_parallel
 
     state, batch = DecoderState(calls=1), latents.shape[0]
 
@@ -494,7 +498,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class QATSystem(L.LightningModule):
     """Distils a fake-quantized ``student`` from the frozen ``teacher`` on batches ``{"lr", "noise"[, "hr"]}`` of
-    :class:`~flashvsr_q.quant.qat_data.QATDataModule`.
+    :class:`~flashvsr_q.train.qat.data.QATDataModule`.
 
     Args:
         student: the model after :func:`prepare_student` (trained in place).
@@ -552,7 +556,6 @@ class QATSystem(L.LightningModule):
 
     def _run(self, batch: dict[str, torch.Tensor], decode: bool, features: bool) -> tuple[dict, dict]:
         """Teacher (no grad) and student on the same LR and noise: {"frames", "latents", "features"} each."""
-        from flashvsr_q.train.forward import conditioning_with_grad
 
         out = {}
         for role, model in (("teacher", self.teacher), ("student", self.student)):
@@ -583,7 +586,6 @@ class QATResult:
 
 def load_teacher(checkpoint: str | os.PathLike | None) -> FlashVSR:
     """The unquantized model of ``checkpoint`` (any layout ``load_checkpoint`` reads) in fp32 on the CPU."""
-    from flashvsr_q.checkpoints import load_checkpoint
 
     model = load_checkpoint(checkpoint, dtype=torch.float32, device="cpu")
     quantized = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
@@ -613,7 +615,6 @@ def make_strategy(strategy: str, accelerator: str):
         raise FlashVSRError("--strategy fsdp needs CUDA GPUs; use ddp (or ddp_spawn) on CPUs")
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from flashvsr_q.model.dit import DiTBlock
 
     # use_orig_params: the frozen teacher and frozen student parameters live beside the trained ones
     return FSDPStrategy(auto_wrap_policy={DiTBlock}, use_orig_params=True, sharding_strategy="FULL_SHARD")
@@ -637,17 +638,13 @@ def run_qat(recipe: QATRecipe, checkpoint: str | os.PathLike | None, footage: li
         steps: overrides ``run.max_steps`` (the total, also when resuming).
         accelerator, devices, num_nodes, strategy, precision: Lightning's; ``strategy`` ddp runs one process per
             device (multi-GPU, multi-node, or CPU processes with gloo), ``fsdp`` shards (CUDA).
-        holdout, val_footage: validation footage (see :class:`~flashvsr_q.quant.qat_data.QATDataModule`).
+        holdout, val_footage: validation footage (see :class:`~flashvsr_q.train.qat.data.QATDataModule`).
         dtype: compute dtype of the export (default bf16 on CUDA, fp32 on CPU).
         max_minutes: bound on this invocation (stops after a whole step, checkpoints; resume carries on).
     """
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from flashvsr_q.quant.checkpoint import save_compressed
-    from flashvsr_q.quant.qat_data import QATDataModule
-    from flashvsr_q.quant.recipes import resolve_plan
-    from flashvsr_q.train.run import LossHistory, StopAfter
 
     settings = recipe.settings if steps is None else recipe.settings.replace(run__max_steps=steps)
     out_dir = Path(out_dir)
@@ -733,11 +730,7 @@ def _write_summary(path: Path, recipe: QATRecipe, settings: QATSettings, result:
 def compare_ptq_qat(recipe: QATRecipe, checkpoint: str | os.PathLike | None, qat_model: str | os.PathLike,
                     chunks: int = 2, seed: int = 0) -> tuple[str, dict, dict]:
     """Teacher (fp32), plain PTQ of the teacher under the same recipe, and the QAT export, streamed over
-    :func:`~flashvsr_q.quant.qat_data.heldout_clips`; returns (Markdown table, per-clip PSNR, recovery summary)."""
-    from flashvsr_q.checkpoints import load_checkpoint
-    from flashvsr_q.quant.ptq import quantize_model
-    from flashvsr_q.quant.qat_data import clip_psnr, heldout_clips, recovery_table
-    from flashvsr_q.quant.recipes import resolve_plan
+    :func:`~flashvsr_q.train.qat.data.heldout_clips`; returns (Markdown table, per-clip PSNR, recovery summary)."""
 
     teacher = load_teacher(checkpoint)
     ptq = quantize_model(copy.deepcopy(teacher), resolve_plan(recipe.quant, teacher, "cpu"))

@@ -2,11 +2,11 @@
 
     # official-size random weights (6.4 GB, ~8.5 GB RAM, ~30 s), then every CPU-runnable shipped recipe:
     python /work/shared/conformance/make_weights.py --out /tmp/fvsr-L30 --layers 30
-    python -m flashvsr_q.quant.measure --checkpoint /tmp/fvsr-L30 --out /tmp/fvsr-measure --markdown results.md
+    python tools/quant_measure.py --checkpoint /tmp/fvsr-L30 --out /tmp/fvsr-measure --markdown results.md
 
     # quality of every shipped recipe on a (small) model: held-out PSNR / SSIM against the HR frames and the
     # bf16 model's own output (see :func:`quality_table`)
-    python -m flashvsr_q.quant.measure quality --checkpoint checkpoints/flashvsr-small --markdown quality.md
+    python tools/quant_measure.py quality --checkpoint checkpoints/flashvsr-small --markdown quality.md
 
 Each recipe runs in its own process (so peak RSS is that recipe's alone): ``quantize_official`` (layer by layer from
 the official files) then ``save_compressed``; the compressed folder is deleted afterwards unless ``--keep``.
@@ -415,10 +415,10 @@ def quality_markdown(rows: list[QualityRow], info: dict) -> str:
 
 
 def quality_main(argv: list[str]) -> int:
-    """``python -m flashvsr_q.quant.measure quality ...``: print (and optionally write) the quality table."""
+    """``python tools/quant_measure.py quality ...``: print (and optionally write) the quality table."""
     import torch
 
-    parser = argparse.ArgumentParser(prog="python -m flashvsr_q.quant.measure quality",
+    parser = argparse.ArgumentParser(prog="python tools/quant_measure.py quality",
                                      description="held-out quality of every shipped recipe on a model")
     parser.add_argument("--checkpoint", default=None, help="float model folder (default: the shipped small model)")
     parser.add_argument("--recipes", default=None, help="comma-separated (default: every shipped recipe)")
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["quality"]:
         return quality_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="python -m flashvsr_q.quant.measure quality --help: the quality table")
+                                     epilog="python tools/quant_measure.py quality --help: the quality table")
     parser.add_argument("--checkpoint", type=Path, help="official-layout folder")
     parser.add_argument("--out", type=Path, help="scratch folder for the compressed checkpoints")
     parser.add_argument("--sqnr", action="store_true", help="only print the per-layer SQNR of every scheme")
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
-        cmd = [sys.executable, "-m", "flashvsr_q.quant.measure", "--one", name, "--checkpoint", str(args.checkpoint),
+        cmd = [sys.executable, __file__, "--one", name, "--checkpoint", str(args.checkpoint),
                "--out", str(args.out), "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:

@@ -21,7 +21,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
+from flashvsr_q.data.footage import sample_video
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.degrade import bicubic_downscale
+from flashvsr_q.eval.metrics import compute_frame_metrics
+from flashvsr_q.infer import upscale_frames
+from flashvsr_q.infer.memory import format_bytes
+from flashvsr_q.infer.progress import peak_rss
+from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan, save_compressed
+from flashvsr_q.video.clips import ClipWriter
+from flashvsr_q.video.sources import open_source
 
 DEMO_FOOTAGE = "carphone_pristine"  # held out from the small model's training (docs/small-model.md)
 DEMO_RECIPE = "int8-weight-only"
@@ -43,8 +53,6 @@ class DemoRow:
 
 def demo_clip(frames: int = 33, footage: str = DEMO_FOOTAGE) -> np.ndarray:
     """HR ground truth uint8 [T, H, W, 3] with H, W multiples of 4 (cropped), from a sample video."""
-    from flashvsr_q.data.footage import sample_video
-    from flashvsr_q.video.sources import open_source
 
     source = open_source(sample_video(footage))
     hr = []
@@ -70,13 +78,11 @@ def checkpoint_bytes(path: Path) -> int:
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    from flashvsr_q.infer.progress import peak_rss
 
     return peak_rss()
 
 
 def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
-    from flashvsr_q.infer import upscale_frames
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -89,7 +95,6 @@ def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float
 
 def _write_video(path: Path, frames: np.ndarray) -> None:
     """Lossless RGB H.264 for viewing (metrics are computed on the uint8 frames, never on a video)."""
-    from flashvsr_q.video.clips import ClipWriter
 
     with ClipWriter(path) as writer:
         for frame in frames:
@@ -119,10 +124,6 @@ def run_demo(out_dir: str | os.PathLike = "demo-output", *, checkpoint: str | os
              frames: int = 33, recipe: str = DEMO_RECIPE, device: str | None = None,
              overwrite: bool = False) -> list[DemoRow]:
     """Run the tour and write its outputs into ``out_dir``; returns the table rows."""
-    from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
-    from flashvsr_q.eval.degrade import bicubic_downscale
-    from flashvsr_q.eval.metrics import compute_frame_metrics
-    from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan, save_compressed
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -180,7 +181,6 @@ def run_demo(out_dir: str | os.PathLike = "demo-output", *, checkpoint: str | os
 
 def format_table(rows: list[DemoRow]) -> str:
     """Markdown table of the rows (also what the CLI prints)."""
-    from flashvsr_q.infer.memory import format_bytes
 
     lines = ["| output | PSNR vs GT (dB) | SSIM vs GT | PSNR vs bicubic (dB) | time (s) | fps | peak memory | "
              "checkpoint |", "|---|---|---|---|---|---|---|---|"]
@@ -191,3 +191,23 @@ def format_table(rows: list[DemoRow]) -> str:
                      f"{'—' if r.peak_memory is None else format_bytes(r.peak_memory)} | "
                      f"{'—' if r.checkpoint_bytes is None else format_bytes(r.checkpoint_bytes)} |")
     return "\n".join(lines)
+
+
+@dataclass
+class DemoOptions:
+    """What ``flashvsr-q demo`` takes: the output folder, checkpoint, clip length, recipe and device."""
+
+    output: str | os.PathLike = "demo-output"
+    checkpoint: str | os.PathLike | None = None
+    frames: int = 33
+    recipe: str = DEMO_RECIPE
+    device: str | None = None
+    overwrite: bool = False
+
+
+def demo(options: DemoOptions) -> list[DemoRow]:
+    """Run the tour into ``options.output``; returns the table rows (:func:`format_table`)."""
+    if options.frames < 1:
+        raise FlashVSRError(f"--frames must be >= 1, got {options.frames}")
+    return run_demo(options.output, checkpoint=options.checkpoint, frames=options.frames, recipe=options.recipe,
+                    device=options.device, overwrite=options.overwrite)

@@ -1,17 +1,22 @@
-"""The ``flashvsr-q`` command. Each subcommand is one small function that calls the library API.
+"""The subcommands of ``flashvsr-q``: each is its arguments (argparse) and a few lines that build the task's options
+from them, call the task (``flashvsr_q.tasks``) and print what it returns.
 
-Subcommands register themselves in ``COMMANDS`` as (add_arguments, run) pairs; ``main`` turns any
-``FlashVSRError`` (and the usual file errors) into a one-line message and a non-zero exit.
+Subcommands register in ``COMMANDS`` as (help, add_arguments, run); ``flashvsr_q.cli.main`` dispatches. The task
+modules load on first use, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shlex
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from flashvsr_q import tasks
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.files import write_json, write_text
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -28,9 +33,19 @@ def command(name: str, help: str) -> Callable[[AddArgs], AddArgs]:
     return register
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# commands (one section each; library imports stay inside run_* so `--help` is fast)
-# ---------------------------------------------------------------------------------------------------------------
+def options(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The task's options dataclass from the parsed flags of the same names (``values`` set the others)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names and k not in values}, **values)
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def quiet(message: str) -> None:
+    pass
+
 
 # --- app ---------------------------------------------------------------------------------------------------------
 
@@ -45,11 +60,9 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_app(args: argparse.Namespace) -> int:
     try:
-        import gradio  # noqa: F401
+        from flashvsr_q.app.main import launch  # gradio is the optional [app] extra
     except ImportError:
         raise FlashVSRError("the GUI needs gradio: pip install 'flashvsr-q[app]'") from None
-    from flashvsr_q.app import launch
-
     launch(host=args.host, port=args.port, output_dir=args.output_dir)
     return 0
 
@@ -104,27 +117,18 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from flashvsr_q.infer import preflight, upscale
-    from flashvsr_q.infer.progress import summaries_json
-
-    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
-    common = dict(checkpoint=args.checkpoint, recipe=args.recipe, variant=args.variant, calibration=args.calibration,
-                  scale=args.scale, tile=args.tile, vram=args.vram, attention=args.attention,
-                  color_fix=args.color_fix, dtype=args.dtype, device=args.device, resume=args.resume,
-                  overwrite=args.overwrite, log=log)
+    log = quiet if args.quiet else stderr
+    task = options(tasks.upscale.UpscaleOptions, args, audio=not args.no_audio,
+                   show_progress=not (args.quiet or args.json))
     if args.dry_run:
-        import json
-
-        reports = preflight(args.input, args.output, **common)
+        reports = tasks.upscale.preflight(task, log=log)
         print(json.dumps([r.to_dict() for r in reports], indent=1) if args.json
               else "\n\n".join(r.describe() for r in reports) or f"{args.output}: already complete, nothing to do")
         return 0
-    result = upscale(args.input, args.output, seed=args.seed, codec=args.codec, crf=args.crf, preset=args.preset,
-                     pix_fmt=args.pix_fmt, audio=not args.no_audio, segment_frames=args.segment_frames,
-                     show_progress=not (args.quiet or args.json), **common)
+    result = tasks.upscale.upscale(task, log=log)
     summaries = [] if result is None else result if isinstance(result, list) else [result]
     if args.json:
-        print(summaries_json(summaries) if summaries else "[]")
+        print(tasks.upscale.summaries_json(summaries) if summaries else "[]")
     else:
         for summary in summaries:
             print(summary.describe())
@@ -160,9 +164,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from flashvsr_q.infer.bench import bench_main
-
-    return bench_main(args)
+    results = tasks.bench.bench(options(tasks.bench.BenchOptions, args))
+    print(json.dumps(results, indent=1) if args.json else tasks.bench.to_markdown(results))
+    return 0
 
 
 # --- quantize ----------------------------------------------------------------------------------------------------
@@ -193,49 +197,11 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
-    from flashvsr_q.model import FlashVSR, infer_config
-
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
-    source = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FlashVSRError(f"{output} already exists; choose another folder or pass --overwrite")
-    if checkpoint_kind(source) != "official":
-        raise FlashVSRError(f"{source} is already a compressed checkpoint; quantize the original (official-layout) "
-                            f"weights")
-    if args.export:
-        from flashvsr_q.model import load_official
-        from flashvsr_q.quant.export import export_fp8_official
-
-        with torch.device("meta"):
-            config = infer_config(source, args.variant)
-        export_fp8_official(load_official(source, config, variant=args.variant, dtype=dtype), output,
-                            overwrite=args.overwrite)
-        print(f"wrote {output} (official layout, fp8 e4m3 DiT linears with scale_weight)")
-        return 0
-
-    from flashvsr_q.quant import CalibrationStats, load_recipe, quantize_official, resolve_plan, save_compressed
-
-    recipe = load_recipe(args.recipe)
-    calibration = CalibrationStats.load(args.calibration) if args.calibration else None
-    with torch.device("meta"):
-        skeleton = FlashVSR(infer_config(source, args.variant))
-    plan = resolve_plan(recipe, skeleton, args.device)
-    if not args.quiet or args.dry_run:
-        print(plan.format())
-    if args.dry_run:
-        return 0
-    model, plan = quantize_official(source, plan, dtype=dtype, device=args.device, calibration=calibration,
-                                    variant=args.variant)
-    save_compressed(model, output, recipe, plan, calibration.fingerprint() if calibration else None,
-                    overwrite=args.overwrite)
-    total = sum(f.stat().st_size for f in output.iterdir())
-    print(f"wrote {output}: {len(plan.quantized)} layers quantized, {total / 1e6:.1f} MB")
+    show_plan = print if args.dry_run or not args.quiet else None
+    result = tasks.quantize.quantize(options(tasks.quantize.QuantizeOptions, args), on_plan=lambda p: show_plan
+                                     and show_plan(p.format()))
+    if result is not None:
+        print(result.describe())
     return 0
 
 
@@ -250,13 +216,9 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    import json
-
-    from flashvsr_q.quant.report import format_inspection, inspect_checkpoint
-
-    info = inspect_checkpoint(args.checkpoint, hashes=not args.no_hash)
-    print(json.dumps(info, indent=1) if args.json else format_inspection(info))
-    bad = [f["file"] for f in info["files"] if f["status"] not in ("ok", "size ok (hash not checked)")]
+    info = tasks.inspect.inspect(tasks.inspect.InspectOptions(args.checkpoint, hashes=not args.no_hash))
+    print(json.dumps(info, indent=1) if args.json else tasks.inspect.format_inspection(info))
+    bad = tasks.inspect.failed(info)
     if bad:
         print(f"error: {', '.join(bad)} failed verification", file=sys.stderr)
         return 1
@@ -281,13 +243,8 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_degrade(args: argparse.Namespace) -> int:
-    from flashvsr_q.eval.degrade import degrade_video
-
-    result = degrade_video(args.hr, args.output, preset=args.preset, seed=args.seed, scale=args.scale,
-                           overwrite=args.overwrite)
-    (hr_w, hr_h), (lr_w, lr_h) = result.hr_size, result.lr_size
-    seed = f", seed {result.seed}" if result.preset == "realbasicvsr" else ""
-    print(f"{result.frames} frames {hr_w}x{hr_h} -> {lr_w}x{lr_h} ({result.preset}{seed}) written to {result.path}")
+    result = tasks.degrade.degrade(options(tasks.degrade.DegradeOptions, args))
+    print(tasks.degrade.describe(result))
     return 0
 
 
@@ -344,50 +301,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def _split_list(text: str | None) -> list[str]:
-    return [item.strip() for item in (text or "").split(",") if item.strip()]
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    import shlex
-
-    from flashvsr_q.eval.datasets import load_dataset, parse_crop
-    from flashvsr_q.eval.runner import (
-        BICUBIC,
-        DEFAULT_METRICS,
-        check_doc,
-        describe_results,
-        evaluate,
-        expand_all,
-        parse_config,
-        splice_markdown,
-        sweep,
-    )
-
-    configs = [parse_config(text) for text in args.config]
-    axes = {"checkpoints": _split_list(args.checkpoint), "recipes": expand_all(_split_list(args.recipe), "recipe"),
-            "tiles": _split_list(args.tile), "attentions": expand_all(_split_list(args.attention), "attention"),
-            "dtypes": _split_list(args.dtype)}
-    if any(axes.values()) or not configs:
-        configs = sweep(axes["checkpoints"] or [None], axes["recipes"] or [None], axes["tiles"] or ["off"],
-                        axes["attentions"] or ["sparse"], axes["dtypes"] or [None], mode=args.sweep, bicubic=False,
-                        color_fix=args.color_fix, calibration=args.calibration) + configs
-    if not args.no_bicubic and BICUBIC.name not in [c.name for c in configs]:
-        configs.insert(0, BICUBIC)
-    metrics = list(DEFAULT_METRICS) if args.metrics.strip() == "all" else _split_list(args.metrics)
-    if args.update_doc:
-        check_doc(args.update_doc)  # before the run, not after it
-    dataset = load_dataset(args.dataset, args.dataset_kind, frames=args.frames, degradation=args.degradation,
-                           seed=args.degradation_seed, crop=parse_crop(args.crop))
-    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     command = shlex.join(["flashvsr-q", *getattr(args, "argv", [])])
-    res = evaluate(dataset, configs, metrics, args.output, reference=args.reference, seed=args.seed,
-                   device=args.device, title=args.title, overwrite=args.overwrite, save_frames=args.save_frames,
-                   command=command, say=say)
-    print(describe_results(res))
-    print(f"report written to {args.output}/ ({', '.join(sorted(p.name for p in res.files.values()))})")
+    task = options(tasks.evaluate.EvaluateOptions, args, command=command)
+    results = tasks.evaluate.evaluate(task, log=quiet if args.quiet else stderr)
+    print(tasks.evaluate.describe_results(results))
+    print(f"report written to {args.output}/ ({', '.join(sorted(p.name for p in results.files.values()))})")
     if args.update_doc:
-        print(f"updated {splice_markdown(args.update_doc, res)}")
+        print(f"updated {args.update_doc}")
     return 0
 
 
@@ -404,11 +325,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from flashvsr_q.train.recipe import load_recipe
-    from flashvsr_q.train.run import train
-
-    result = train(load_recipe(args.recipe), args.output, resume=args.resume, max_minutes=args.max_minutes,
-                   progress=not args.no_progress)
+    result = tasks.train.train(options(tasks.train.TrainOptions, args, progress=not args.no_progress))
     last = result.losses[-1][1] if result.losses else float("nan")
     print(f"trained to step {result.steps} in {result.wall_seconds / 60:.1f} min (last loss {last:.4f}); "
           f"model: {result.model_dir}; resume from: {result.checkpoint}")
@@ -426,13 +343,8 @@ def add_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from flashvsr_q.demo import format_table, run_demo
-
-    if args.frames < 1:
-        raise FlashVSRError(f"--frames must be >= 1, got {args.frames}")
-    rows = run_demo(args.output, checkpoint=args.checkpoint, frames=args.frames, recipe=args.recipe,
-                    device=args.device, overwrite=args.overwrite)
-    print(format_table(rows))
+    rows = tasks.demo.demo(options(tasks.demo.DemoOptions, args))
+    print(tasks.demo.format_table(rows))
     print(f"videos, side-by-side.png and results.json written to {args.output}/")
     return 0
 
@@ -468,33 +380,16 @@ def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_qat(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from flashvsr_q.quant.qat import compare_ptq_qat, load_qat_recipe
-    from flashvsr_q.quant.qat import run_qat as fine_tune
-
-    recipe = load_qat_recipe(args.recipe)
-    devices = args.devices if args.devices == "auto" else int(args.devices)
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
-    result = fine_tune(recipe, args.checkpoint, args.footage, args.output, steps=args.steps, resume=args.resume,
-                       accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
-                       strategy=args.strategy, precision=args.precision, holdout=tuple(args.holdout),
-                       val_footage=tuple(args.val_footage), dtype=dtype, max_minutes=args.max_minutes,
-                       progress=not args.no_progress)
+    outcome = tasks.qat.qat(options(tasks.qat.QATOptions, args, holdout=tuple(args.holdout),
+                                    val_footage=tuple(args.val_footage), progress=not args.no_progress))
+    result = outcome.run
     if result.model_dir is None:  # a non-zero rank of a multi-process run: rank 0 reports and exports
         return 0
     val = ", ".join(f"{k.removeprefix('val/')} {v:.2f} dB" for k, v in result.validation.items())
     print(f"QAT to step {result.steps} in {result.wall_seconds / 60:.1f} min{'; ' + val if val else ''}; "
           f"model: {result.model_dir}; resume from: {result.checkpoint}")
-    if args.compare:
-        table, results, summary = compare_ptq_qat(recipe, args.checkpoint, result.model_dir,
-                                                  chunks=recipe.settings.data.chunks)
-        report = Path(args.output) / "qat-report"
-        write_text(report.with_suffix(".md"), table + f"\n\nQAT: {result.steps} steps\n")
-        write_json(report.with_suffix(".json"), {"clips": results, **summary, "steps": result.steps})
-        print(table)
+    if outcome.table is not None:
+        print(outcome.table)
     return 0
 
 
@@ -526,27 +421,6 @@ def _add_clip_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None
                         "bf16 on GPU, fp32 on CPU)")
 
 
-def _settings(args: argparse.Namespace, command_name: str, from_set: tuple[str, ...]) -> dict:
-    """Flags, else the --set file's values (for the keys in ``from_set``), else the defaults."""
-    from flashvsr_q.quant.calibration import load_calibration_set
-
-    file = load_calibration_set(args.calibration_set) if args.calibration_set else {}
-    merged = {"seed": 0, "hash": "content", "lr": False, **CLIP_DEFAULTS[command_name]}
-    merged.update({k: v for k, v in file.items() if k in from_set})
-    merged.update({k: v for k, v in vars(args).items() if v is not None and v != []})
-    if not merged.get("footage"):
-        raise FlashVSRError("no footage: give --footage PATH... or a --set file that lists some")
-    return merged
-
-
-def _clips(settings: dict):
-    from flashvsr_q.quant.calibration import FootageClips, parse_wxh
-
-    return FootageClips(settings["footage"], clips=settings["clips"], frames=settings["frames"],
-                        size=parse_wxh(settings["size"]), lr_input=settings["lr"], seed=settings["seed"],
-                        hash_mode=settings["hash"])
-
-
 def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grouping", default="layer", choices=("layer", "block", "kind"), help="quantize one "
                         "linear, one DiT block, or one kind (q/k/v/o/ffn across blocks) at a time (default layer)")
@@ -554,46 +428,6 @@ def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metric that ranks sensitivity, lowest first (default sqnr of the decoded frames)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="scheme option (e.g. group_size=64); repeatable")
-
-
-def _calibration_model(args: argparse.Namespace):
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
-    from flashvsr_q.infer import resolve_device, resolve_dtype
-
-    source = args.checkpoint or default_checkpoint()
-    if checkpoint_kind(source) != "official":
-        raise FlashVSRError(f"{source} is a compressed checkpoint; calibrate the float (official-layout) weights")
-    device = resolve_device(args.device)
-    return load_checkpoint(source, dtype=resolve_dtype(args.dtype, device), device=device).eval()
-
-
-def _scheme(name: str, options: list[str]):
-    import yaml
-
-    from flashvsr_q.quant.schemes import get_scheme
-
-    parsed = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise FlashVSRError(f"--option takes KEY=VALUE, got {item!r}")
-        parsed[key] = yaml.safe_load(value)
-    try:
-        return get_scheme(name, **parsed)
-    except (ValueError, TypeError) as exc:
-        raise FlashVSRError(str(exc)) from None
-
-
-def _sensitivity(args, model, clips, scheme, out_dir, seed, calibration=None, smoothing=False):
-    from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
-
-    say = lambda group, i, total: print(f"  sensitivity {i + 1}/{total}: {group}", file=sys.stderr)  # noqa: E731
-    report = analyze_sensitivity(model, scheme, clips, grouping=args.grouping, rank_by=args.rank_by,
-                                 calibration=calibration, smoothing=smoothing, seed=seed, progress=say)
-    paths = write_report(report, out_dir)
-    print(report.to_markdown(top=10))
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
-    return report
 
 
 @command("calibrate", "activation statistics of every linear on your footage (observers, SmoothQuant factors); "
@@ -620,56 +454,16 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from flashvsr_q.quant.calibration import (
-        DIT_BLOCK_LINEARS,
-        CalibrationConfig,
-        calibrate,
-        parse_alpha_overrides,
-        smoothing_from_recipe,
-    )
-
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FlashVSRError(f"{output} already exists; choose another file or pass --overwrite")
-    if output.is_dir():
-        raise FlashVSRError(f"{output} is a folder; --output is the statistics file")
-    settings = _settings(args, "calibrate", ("footage", "clips", "frames", "size", "lr", "seed", "hash", "observer",
-                                             "percentile", "smoothquant_alpha", "alpha"))
-    scheme = _scheme(args.sensitivity, args.option) if args.sensitivity else None
-    clips = _clips(settings)
-    model = _calibration_model(args)
-    smooth_layers, alpha, overrides = DIT_BLOCK_LINEARS, None, {}
-    if args.recipe:  # the recipe's alpha and per-layer overrides, unless flags or the set file say otherwise
-        from flashvsr_q.quant.recipes import load_recipe
-
-        recipe = load_recipe(args.recipe)
-        smooth_layers, alpha = smoothing_from_recipe(recipe, model)
-        overrides = recipe.alpha_overrides
-    overrides = parse_alpha_overrides(args.alpha) if args.alpha else settings.get("alpha", overrides)
-    alpha = settings.get("smoothquant_alpha", alpha)
-    if overrides and alpha is None:
-        raise FlashVSRError("--alpha overrides need SmoothQuant: give --smoothquant-alpha (or a smoothquant recipe)")
-    observer = settings.get("observer", "minmax")
-    config = CalibrationConfig(observer=observer, percentile=settings.get("percentile", 99.99), alpha=alpha,
-                               alpha_overrides=overrides, smooth_layers=smooth_layers, seed=settings["seed"])
-    say = lambda name, i: print(f"  {name}: clip {i + 1}/{len(clips)}", file=sys.stderr)  # noqa: E731
-    stats = calibrate(model, clips, config, progress=say)
-    if args.calibration_set:
-        stats.meta["calibration_set_file"] = Path(args.calibration_set).name
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stats.save(output)
-    smoothed = len(stats.meta["smoothed_layers"])
-    print(f"wrote {output}: {len(stats.layers)} layers, {stats.meta['chunks']['first']} first + "
-          f"{stats.meta['chunks']['later']} cache-warm chunks, observer {observer}"
-          f"{f', SmoothQuant factors for {smoothed} layers' if smoothed else ''}; "
-          f"calibration set {stats.source_hash[:16]}")
-    if scheme is not None:
-        subset = [clip for _, clip in zip(range(max(1, args.sensitivity_clips)), clips)]
-        report = Path(args.report) if args.report else output.with_name(f"{output.stem}-sensitivity")
-        _sensitivity(args, model, subset, scheme, report, settings["seed"], calibration=stats)
+    result = tasks.calibrate.calibrate(options(tasks.calibrate.CalibrateOptions, args))
+    print(result.describe())
+    if result.report is not None:
+        _print_report(result.report, result.report_files)
     return 0
+
+
+def _print_report(report, files: dict) -> None:
+    print(report.to_markdown(top=10))
+    print(f"wrote {files['json']}, {files['markdown']}, {files['plot']}")
 
 
 # --- sensitivity -------------------------------------------------------------------------------------------------
@@ -695,70 +489,8 @@ def add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from flashvsr_q.quant.sensitivity import generate_recipe, parse_size
-    from flashvsr_q.quant.stats import CalibrationStats
-
-    if bool(args.recipe_out) != bool(args.budget):
-        raise FlashVSRError("--recipe-out and --budget go together")
-    budget = parse_size(args.budget) if args.budget else None
-    if args.recipe_out and Path(args.recipe_out).exists():
-        raise FlashVSRError(f"{args.recipe_out} already exists; choose another file")
-    settings = _settings(args, "sensitivity", ("footage", "size", "lr", "seed", "hash"))
-    scheme = _scheme(args.scheme, args.option)
-    fallback = args.fallback if args.fallback == "bf16" else _scheme(args.fallback, [])
-    calibration = CalibrationStats.load(args.calibration) if args.calibration else None
-    clips = list(_clips(settings))
-    model = _calibration_model(args)
-    report = _sensitivity(args, model, clips, scheme, Path(args.output), settings["seed"], calibration,
-                          args.smoothquant)
-    if args.recipe_out:
-        text, mix = generate_recipe(report, model, fallback, budget, name=args.recipe_name,
-                                    device=str(model.device))
-        out = Path(args.recipe_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text(out, text)
-        print(f"wrote {out}: {mix.summary()}")
+    result = tasks.calibrate.sensitivity(options(tasks.calibrate.SensitivityOptions, args))
+    _print_report(result.report, result.files)
+    if result.recipe is not None:
+        print(f"wrote {result.recipe}: {result.mix}")
     return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flashvsr-q", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports that record it
-    if args.version:
-        from flashvsr_q import __version__
-
-        print(__version__)
-        return 0
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return COMMANDS[args.command][2](args) or 0
-    except FlashVSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The quality table of `python -m flashvsr_q.quant.measure quality`, on a random model and tiny clips."""
+"""The quality table of `python tools/quant_measure.py quality`, on a random model and tiny clips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from helpers import random_model
 
 from flashvsr_q.model import save_official
-from flashvsr_q.quant.measure import STATIC_VARIANTS, quality_markdown, quality_table
+from quant_measure import STATIC_VARIANTS, quality_markdown, quality_table
 
 
 def test_quality_table_rows_and_markdown(tmp_path):

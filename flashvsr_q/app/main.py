@@ -7,8 +7,8 @@
   the sensitivity plot, and export of a compressed checkpoint (which then appears in the checkpoint lists).
 - **Evaluate**: a comparison of configurations on uploaded clips, as a table and plots.
 
-Layout and event wiring only: every button calls one function of ``app_calls`` (the library API, as the CLI calls
-it) inside a :class:`~flashvsr_q.app_jobs.Job`, so a long run never blocks the page, reports progress, and stops
+Layout and event wiring only: every button calls one function of ``app.calls`` (the library API, as the CLI calls
+it) inside a :class:`~flashvsr_q.app.jobs.Job`, so a long run never blocks the page, reports progress, and stops
 when Cancel sets its event. Errors reach the page as the one-line FlashVSRError message (``gr.Error``).
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from flashvsr_q.app_evaluate import evaluate_tab
-from flashvsr_q.app_quantize import quantize_tab
-from flashvsr_q.app_ui import AppState
-from flashvsr_q.app_upscale import upscale_tab
+from flashvsr_q.app.evaluate import evaluate_tab
+from flashvsr_q.app.quantize import quantize_tab
+from flashvsr_q.app.ui import AppState
+from flashvsr_q.app.upscale import upscale_tab
 
 CSS = """
 .fq-status textarea { font-family: ui-monospace, monospace; font-size: 12px; }

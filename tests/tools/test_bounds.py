@@ -8,7 +8,7 @@ from helpers import REPO, random_model
 
 from flashvsr_q.data.clips import bicubic_lr, upsample
 from flashvsr_q.model.tc_decoder import DecoderState
-from flashvsr_q.train.bounds import LinearUpsampler, blind_null_space, fit, planes, window_features
+from bounds import LinearUpsampler, blind_null_space, fit, planes, window_features
 
 SHIPPED = REPO / "checkpoints" / "flashvsr-small"
 LR_SIDE = 64  # the decoder's reach is ~90 output px: check a centre well away from the borders

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from flashvsr_q import app_calls as calls
-from flashvsr_q.app_jobs import (
+from flashvsr_q.app import calls
+from flashvsr_q.app.jobs import (
     JOBS,
     backend_choices,
     comparison_frames,
@@ -16,7 +16,7 @@ from flashvsr_q.app_jobs import (
     tile_arg,
     vram_arg,
 )
-from flashvsr_q.app_ui import AppState, cancel_job, fail, follow, model_choice, model_widgets, session
+from flashvsr_q.app.ui import AppState, cancel_job, fail, follow, model_choice, model_widgets, session
 from flashvsr_q.errors import FlashVSRError
 
 

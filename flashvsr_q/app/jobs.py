@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashvsr_q.attention import available_backends
+from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.infer.memory import parse_bytes
+from flashvsr_q.quant.recipes import load_recipe, shipped_recipes
+from flashvsr_q.shipped import small_model_dir
+from flashvsr_q.video.sources import IMAGE_EXTENSIONS, open_source
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +189,6 @@ def is_cancelled(exc: BaseException) -> bool:
 def checkpoint_choices(extra_folders: list[Path] = ()) -> list[tuple[str, str]]:
     """(label, value) pairs: the default checkpoint, then every checkpoint folder under ``checkpoints/`` and
     ``extra_folders`` (e.g. the app's exports) that ``flashvsr_q.checkpoints.checkpoint_kind`` recognises."""
-    from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint
-    from flashvsr_q.shipped import small_model_dir
 
     choices = [(f"default ({default_checkpoint()})", DEFAULT_CHOICE)]
     seen = {default_checkpoint().resolve()}
@@ -213,7 +217,6 @@ def resolve_checkpoint(value: str | None) -> str | None:
 def recipe_choices() -> list[tuple[str, str]]:
     """(label, value): "none (as stored)" then the shipped quantization recipes (``quant.recipes.shipped_recipes``),
     each labelled with the start of its description."""
-    from flashvsr_q.quant.recipes import load_recipe, shipped_recipes
 
     choices = [("none (as stored)", RECIPE_NONE)]
     for name, path in sorted(shipped_recipes().items()):
@@ -232,7 +235,6 @@ def resolve_recipe(value: str | None) -> str | None:
 
 def backend_choices(device: str) -> tuple[list[str], str]:
     """(names that can run on ``device``, preceded by ``auto``; a Markdown line listing the others and why)."""
-    from flashvsr_q.attention import available_backends
 
     backends = available_backends(device)
     usable = ["auto"] + [name for name, reason in backends.items() if reason is None]
@@ -263,7 +265,6 @@ def vram_arg(text: str | None) -> int | None:
     """The VRAM budget box -> bytes (``8GB``, ``7.5GiB``); blank or ``auto`` -> None (free device memory)."""
     if text is None or not str(text).strip() or str(text).strip().lower() == "auto":
         return None
-    from flashvsr_q.infer.memory import parse_bytes
 
     try:
         return parse_bytes(str(text))
@@ -273,7 +274,6 @@ def vram_arg(text: str | None) -> int | None:
 
 def output_name(input_path: str | os.PathLike, scale: int = 4) -> str:
     """``clip.mov`` -> ``clip_x4.mp4``; ``photo.jpg`` -> ``photo_x4.png`` (videos as MP4, images as PNG)."""
-    from flashvsr_q.video.sources import IMAGE_EXTENSIONS
 
     path = Path(input_path)
     ext = ".png" if path.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"
@@ -286,7 +286,6 @@ def comparison_frames(input_path: str | os.PathLike, output_path: str | os.PathL
     import numpy as np
     from PIL import Image
 
-    from flashvsr_q.video.sources import open_source
 
     src, out = open_source(input_path), open_source(output_path)
     if index is None:
@@ -299,7 +298,6 @@ def comparison_frames(input_path: str | os.PathLike, output_path: str | os.PathL
 
 def describe_source(path: str | os.PathLike) -> str:
     """One line about an input: kind, size, frames, rate, audio."""
-    from flashvsr_q.video.sources import open_source
 
     src = open_source(path)
     parts = [src.kind.replace("_", " "), f"{src.width}x{src.height}"]

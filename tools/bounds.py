@@ -1,6 +1,6 @@
 """How far can a *linear* x4 upsampler beat bicubic here, and what does the TCDecoder's layout take away?
 
-    python -m flashvsr_q.train.bounds [--supports 5 7 9 11] [--clips 120] [--json OUT.json]
+    python tools/bounds.py [--supports 5 7 9 11] [--clips 120] [--json OUT.json]
 
 The TCDecoder sees its LR conditioning only as 8x8 pixel-unshuffled blocks: every signal starts at 1/8 of the
 output rate (half the LR rate) and reaches full rate through three nearest x2 upsamplings followed by
@@ -187,7 +187,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flashvsr_q.train.bounds", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tools/bounds.py", description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--supports", nargs="+", type=int, default=[5, 7, 9, 11], help="LR window sides K")
     parser.add_argument("--clips", type=int, default=120, help="training crops for the fit (3 frames, 128 px)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -153,3 +154,21 @@ def format_inspection(info: dict) -> str:
     ratio = f" = {info['total_bytes'] / info['bf16_bytes']:.0%} of bf16" if info.get("bf16_bytes") else ""
     lines.append(f"  total {human_size(info['total_bytes'])} (bf16 {human_size(info['bf16_bytes'])}){ratio}")
     return "\n".join(lines)
+
+
+@dataclass
+class InspectOptions:
+    """What ``flashvsr-q inspect`` takes: the folder, and whether to compute / verify SHA-256 (sizes always)."""
+
+    checkpoint: str | os.PathLike
+    hashes: bool = True
+
+
+def inspect(options: InspectOptions) -> dict:
+    """:func:`inspect_checkpoint` of the options' folder; ``failed(info)`` lists files that failed verification."""
+    return inspect_checkpoint(options.checkpoint, hashes=options.hashes)
+
+
+def failed(info: dict) -> list[str]:
+    """The files of an inspection whose size or hash did not verify."""
+    return [f["file"] for f in info["files"] if f["status"] not in ("ok", "size ok (hash not checked)")]

@@ -7,9 +7,9 @@ import re
 
 import gradio as gr
 
-from flashvsr_q import app_calls as calls
-from flashvsr_q.app_jobs import JOBS, RECIPE_NONE, is_cancelled, recipe_choices
-from flashvsr_q.app_ui import AppState, cancel_job, fail, follow, model_choice, model_widgets, session
+from flashvsr_q.app import calls
+from flashvsr_q.app.jobs import JOBS, RECIPE_NONE, is_cancelled, recipe_choices
+from flashvsr_q.app.ui import AppState, cancel_job, fail, follow, model_choice, model_widgets, session
 
 
 def quantize_tab(state: AppState) -> dict:

@@ -1,6 +1,6 @@
 """What the GUI's tabs share: server-side state, the model widgets, and running a library call as a page job.
 
-A handler starts one ``app_calls`` function as a :class:`~flashvsr_q.app_jobs.Job` keyed by the browser session
+A handler starts one ``app.calls`` function as a :class:`~flashvsr_q.app.jobs.Job` keyed by the browser session
 (:func:`session`), relays its progress with :func:`follow`, and turns any failure into one line with :func:`fail`.
 The Cancel buttons call :func:`cancel_job`, which sets the session's job's cancel event.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from flashvsr_q import app_calls as calls
-from flashvsr_q.app_jobs import (
+from flashvsr_q.app import calls
+from flashvsr_q.app.jobs import (
     DEFAULT_CHOICE,
     JOBS,
     RECIPE_NONE,
@@ -80,7 +80,7 @@ def follow(job: Job, progress: gr.Progress, lines: list[str]) -> Iterator[str]:
 
 
 def model_choice(checkpoint: str, recipe: str, dtype: str, device: str, variant: str) -> calls.ModelChoice:
-    """The model widgets' values -> what ``app_calls`` loads."""
+    """The model widgets' values -> what ``app.calls`` loads."""
     return calls.ModelChoice(resolve_checkpoint(checkpoint), resolve_recipe(recipe),
                              None if dtype in (None, "auto") else dtype, device or None, variant or "v1.1")
 

@@ -28,8 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flashvsr_q.checkpoints import load_checkpoint
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json, write_text
+from flashvsr_q.infer.checks import resolve_device, resolve_dtype
+from flashvsr_q.infer.compile import compile_blocks
+from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
+from flashvsr_q.infer.pipeline import upscale_frames
+from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
+from flashvsr_q.model import FlashVSR, get_config
+from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,7 @@ def _cpu_name() -> str:
 
 def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
     """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded); quantized by ``cfg.recipe``."""
-    from flashvsr_q.model import FlashVSR, get_config
-
     if cfg.checkpoint:
-        from flashvsr_q.checkpoints import load_checkpoint
-
         return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=cfg.recipe).eval()
     try:
         config = get_config(cfg.model)
@@ -111,19 +115,12 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
         model.prompt.normal_(0, 0.5)
     model = model.to(dtype).eval()
     if cfg.recipe:
-        from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
-
         quantize_model(model, resolve_plan(load_recipe(cfg.recipe), model, device))
     return model
 
 
 def run_config(cfg: BenchConfig) -> dict:
     """Run one configuration in this process and measure it."""
-    from flashvsr_q.infer import resolve_device, resolve_dtype
-    from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
-    from flashvsr_q.infer.pipeline import upscale_frames
-    from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
-
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.width % cfg.scale or cfg.height % cfg.scale:
@@ -132,8 +129,6 @@ def run_config(cfg: BenchConfig) -> dict:
     model = build_model(cfg, device, dtype)
     backend = model.set_attention(cfg.attention, device)
     if cfg.compile:
-        from flashvsr_q.infer.compile import compile_blocks
-
         compile_blocks(model)
     build_s = time.perf_counter() - t_build
     plans = []
@@ -169,7 +164,7 @@ def run_config(cfg: BenchConfig) -> dict:
 
 def run_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
     """Run ``cfg`` in a fresh Python process (its peak RSS is its own)."""
-    proc = subprocess.run([sys.executable, "-m", "flashvsr_q.infer.bench", json.dumps(dataclasses.asdict(cfg))],
+    proc = subprocess.run([sys.executable, "-m", "flashvsr_q.tasks.bench", json.dumps(dataclasses.asdict(cfg))],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -210,16 +205,37 @@ def to_markdown(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+@dataclass
+class BenchOptions:
+    """What ``flashvsr-q bench`` takes: comma-separated axes (every combination runs) and where results go."""
+
+    checkpoint: str | None = None
+    model: str = "small"
+    recipe: str | None = None
+    attention: str = "auto"
+    tile: str = "off"
+    dtype: str | None = None
+    compile: str = "off"
+    size: str = "512x512"
+    frames: str = "25"
+    scale: int = 4
+    device: str | None = None
+    vram: str | None = None
+    in_process: bool = False
+    output: str | None = None
+
+
 def _split(text: str | None) -> list:
     return [None] if text is None else [t.strip() for t in str(text).split(",") if t.strip()]
 
 
-def configs_from_args(args) -> list[BenchConfig]:
-    configs = []
-    recipes = [None if r in (None, "none") else r for r in _split(getattr(args, "recipe", None))]
+def configs_from_options(options: BenchOptions) -> list[BenchConfig]:
+    """Every combination of the options' comma-separated axes, as configurations."""
+    o, configs = options, []
+    recipes = [None if r in (None, "none") else r for r in _split(o.recipe)]
     for recipe, attention, tile, dtype, comp, size, frames in itertools.product(
-            recipes, _split(args.attention), _split(args.tile), _split(args.dtype), _split(args.compile),
-            _split(args.size), _split(args.frames)):
+            recipes, _split(o.attention), _split(o.tile), _split(o.dtype), _split(o.compile), _split(o.size),
+            _split(o.frames)):
         try:
             width, height = (int(v) for v in size.lower().split("x"))
             count = int(frames)
@@ -227,24 +243,23 @@ def configs_from_args(args) -> list[BenchConfig]:
             raise FlashVSRError(f"--size takes WxH and --frames integers, got {size!r} / {frames!r}") from None
         if comp not in ("on", "off"):
             raise FlashVSRError(f"--compile takes on/off, got {comp!r}")
-        configs.append(BenchConfig(args.model, args.checkpoint, attention, tile, dtype, comp == "on", width, height,
-                                   count, args.scale, args.device, args.vram, recipe=recipe))
+        configs.append(BenchConfig(o.model, o.checkpoint, attention, tile, dtype, comp == "on", width, height,
+                                   count, o.scale, o.device, o.vram, recipe=recipe))
     return configs
 
 
-def bench_main(args) -> int:
-    """The CLI: run every configuration, print Markdown (or JSON), optionally write JSON + Markdown files."""
+def bench(options: BenchOptions, log=lambda message: print(message, file=sys.stderr, flush=True)) -> list[dict]:
+    """Run every configuration (each in a fresh process unless ``in_process``); write JSON + Markdown to
+    ``options.output`` if given; returns the results."""
     results = []
-    for cfg in configs_from_args(args):
-        print(f"bench: {cfg}", file=sys.stderr, flush=True)
-        results.append(run_config(cfg) if args.in_process else run_isolated(cfg))
-    markdown = to_markdown(results)
-    if args.output:
-        out = Path(args.output)
+    for cfg in configs_from_options(options):
+        log(f"bench: {cfg}")
+        results.append(run_config(cfg) if options.in_process else run_isolated(cfg))
+    if options.output:
+        out = Path(options.output)
         write_json(out, results)
-        write_text(out.with_suffix(".md"), markdown + "\n")
-    print(json.dumps(results, indent=1) if args.json else markdown)
-    return 0
+        write_text(out.with_suffix(".md"), to_markdown(results) + "\n")
+    return results
 
 
 if __name__ == "__main__":

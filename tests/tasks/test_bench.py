@@ -8,7 +8,14 @@ import pytest
 
 from flashvsr_q.cli import main
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.infer.bench import BenchConfig, configs_from_args, run_config, synthetic_frames, to_markdown
+from flashvsr_q.tasks.bench import (
+    BenchConfig,
+    BenchOptions,
+    configs_from_options,
+    run_config,
+    synthetic_frames,
+    to_markdown,
+)
 
 KEYS = {"fps", "first_output_s", "peak_allocated", "peak_reserved", "peak_rss", "peak_rss_model",
         "peak_rss_first_output", "estimated_peak", "tiling", "frames_out", "environment", "backend", "dtype"}
@@ -41,10 +48,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_configurations_are_the_cartesian_product():
-    from flashvsr_q.cli import build_parser
-
-    args = build_parser().parse_args(["bench", "--tile", "off,256x32", "--frames", "100,400", "--size", "64x64"])
-    configs = configs_from_args(args)
+    configs = configs_from_options(BenchOptions(tile="off,256x32", frames="100,400", size="64x64"))
     assert [(c.tile, c.frames) for c in configs] == [("off", 100), ("off", 400), ("256x32", 100), ("256x32", 400)]
 
 
@@ -56,10 +60,8 @@ def test_bad_configuration():
 
 
 def test_recipes_are_a_dimension_and_quantize_the_model():
-    from flashvsr_q.cli import build_parser
-
-    args = build_parser().parse_args(["bench", "--recipe", "none,int8-weight-only", "--size", "8x8"])
-    assert [c.recipe for c in configs_from_args(args)] == [None, "int8-weight-only"]
+    options = BenchOptions(recipe="none,int8-weight-only", size="8x8")
+    assert [c.recipe for c in configs_from_options(options)] == [None, "int8-weight-only"]
     plain, int8 = (run_config(BenchConfig(model="test", width=8, height=8, frames=1, device="cpu", dtype="fp32",
                                           recipe=recipe)) for recipe in (None, "int8-weight-only"))
     assert int8["estimated_peak"] < plain["estimated_peak"]  # the planner counts the quantized weights

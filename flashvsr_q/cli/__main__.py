@@ -1,0 +1,5 @@
+import sys
+
+from flashvsr_q.cli import main
+
+sys.exit(main())
