@@ -86,8 +86,8 @@ def quantize(target: str | os.PathLike | nn.Module, recipe: str | os.PathLike | 
     Example:
         >>> import flashvsr_q as fq
         >>> model = fq.quantize(fq.load_checkpoint(), "int8-weight-only")
-        >>> type(model.dit.blocks[0].self_attn.q.weight).__name__
-        'AffineQuantizedTensor'
+        >>> type(model.dit.blocks[0].self_attn.q.weight).__name__   # a torchao quantized tensor, not a Parameter
+        '...Tensor'
     """
     if isinstance(target, (str, os.PathLike)):
         return quantize_task.quantize(quantize_task.QuantizeOptions(target, recipe=recipe, **options))

@@ -98,7 +98,7 @@ def load_checkpoint(
         does not fit the model or the device, or needs statistics that were not given.
 
     Example:
-        >>> import flashvsr_q as fq
+        >>> import torch, flashvsr_q as fq
         >>> model = fq.load_checkpoint(dtype=torch.float32)     # the shipped small model
         >>> model.config.name
         'small'

@@ -110,7 +110,13 @@ PRESETS: dict[str, FlashVSRConfig] = {
 
 
 def get_config(name: str) -> FlashVSRConfig:
-    """The preset called exactly ``name``; an unknown name lists the valid ones."""
+    """The preset called exactly ``name``; an unknown name lists the valid ones.
+
+    Example:
+        >>> import flashvsr_q as fq
+        >>> fq.get_config("flashvsr-v1.1").num_layers
+        30
+    """
     try:
         return PRESETS[name]
     except KeyError:

@@ -17,6 +17,12 @@ class FlashVSR(nn.Module):
 
     State dict: ``dit.*`` (official DiT keys), ``lq_proj.*`` (``LQ_proj_in.ckpt`` keys), ``decoder.*``
     (``TCDecoder.ckpt`` keys) and ``prompt`` ([1, text_len, text_dim], ``posi_prompt.pth``).
+
+    Example:
+        >>> import flashvsr_q as fq
+        >>> model = fq.FlashVSR(fq.get_config("test"))          # random weights of a tiny preset
+        >>> sorted(name for name, _ in model.named_children())
+        ['decoder', 'dit', 'lq_proj']
     """
 
     def __init__(self, config: FlashVSRConfig):

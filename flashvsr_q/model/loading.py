@@ -72,7 +72,7 @@ def _iter_dit(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield key, f.get_tensor(key)
 
 
-def _torch_file(path: Path):
+def torch_file(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # zip/pickle errors come in many types; all mean "not a valid checkpoint"
@@ -99,7 +99,7 @@ def infer_config(directory: str | os.PathLike, variant: str = "v1.1") -> FlashVS
     if official is None:
         raise CheckpointError(f"unknown FlashVSR variant {variant!r}; choose 'v1' or 'v1.1'")
     config = official.replace(num_layers=max(layers, 1))
-    _check_keys(expected_shapes(FlashVSR(config).dit), shapes, directory / OFFICIAL_FILES["dit"])
+    check_keys(expected_shapes(FlashVSR(config).dit), shapes, directory / OFFICIAL_FILES["dit"])
     return config
 
 
@@ -107,7 +107,7 @@ def expected_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _check_keys(expected: dict[str, tuple], got: dict[str, tuple], path: Path) -> None:
+def check_keys(expected: dict[str, tuple], got: dict[str, tuple], path: Path) -> None:
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     wrong = [f"{k} {list(got[k])} (expected {list(expected[k])})"
@@ -139,18 +139,18 @@ def load_official(
         model = FlashVSR(config)
     convert = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731  one tensor at a time
 
-    _check_keys(expected_shapes(model.dit), _dit_header(paths["dit"]), paths["dit"])
+    check_keys(expected_shapes(model.dit), _dit_header(paths["dit"]), paths["dit"])
     try:
         model.dit.load_state_dict({k: convert(v) for k, v in _iter_dit(paths["dit"])}, strict=True, assign=True)
     except (SafetensorError, OSError) as exc:  # a truncated file passes the header check but not the data read
         raise CheckpointError(f"{paths['dit']}: corrupt safetensors data ({exc})") from None
     for part, module in (("lq_proj", model.lq_proj), ("decoder", model.decoder)):
-        state = _torch_file(paths[part])
+        state = torch_file(paths[part])
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{paths[part]}: expected a plain state dict of tensors")
-        _check_keys(expected_shapes(module), {k: tuple(v.shape) for k, v in state.items()}, paths[part])
+        check_keys(expected_shapes(module), {k: tuple(v.shape) for k, v in state.items()}, paths[part])
         module.load_state_dict({k: convert(v) for k, v in state.items()}, strict=True, assign=True)
-    prompt = _torch_file(paths["prompt"])
+    prompt = torch_file(paths["prompt"])
     if not isinstance(prompt, torch.Tensor) or tuple(prompt.shape) != tuple(model.prompt.shape):
         got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
         raise CheckpointError(f"{paths['prompt']}: expected a tensor of shape {tuple(model.prompt.shape)}, got {got}")

@@ -16,7 +16,7 @@ import torch
 
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.files import atomic_write
-from flashvsr_q.model.loading import WAN_VAE_FILE, _check_keys, _torch_file, expected_shapes
+from flashvsr_q.model.loading import WAN_VAE_FILE, check_keys, expected_shapes, torch_file
 from flashvsr_q.model.wan_vae import LATENT_MEAN, LATENT_STD, WAN_VAE_PRESETS, WanVAEConfig, WanVAEDecoder
 
 __all__ = ["WAN_VAE_FILE", "file_shapes", "load_wan_vae", "save_wan_vae", "synthetic_wan_vae_state"]
@@ -99,12 +99,12 @@ def load_wan_vae(path: str | os.PathLike, config: WanVAEConfig | None = None, *,
     if not path.is_file():
         raise CheckpointError(f"missing {path} (the Full pipeline's Wan2.1 VAE; get it with `flashvsr-q fetch "
                               f"v1.1 --full` or put {WAN_VAE_FILE} from the FlashVSR release there)")
-    state = _torch_file(path)
+    state = torch_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a plain state dict of tensors")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     config = config or _config_of(shapes, path)
-    _check_keys(file_shapes(config), shapes, path)
+    check_keys(file_shapes(config), shapes, path)
     with torch.device("meta"):
         decoder = WanVAEDecoder(config)
     wanted = expected_shapes(decoder)

@@ -130,7 +130,7 @@ def _unflatten(tensors: dict[str, torch.Tensor], meta: dict[str, str], names: li
     return out
 
 
-def _write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+def write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
                        flatten: bool = True) -> tuple[str, int]:
     """Stream ``state`` to a safetensors file one entry at a time; returns (sha256, bytes).
 
@@ -214,7 +214,7 @@ def save_compressed(
     try:
         files = {}
         for part, state in _parts(model).items():
-            sha, size = _write_safetensors(tmp / PARTS[part], state)
+            sha, size = write_safetensors(tmp / PARTS[part], state)
             files[PARTS[part]] = {"part": part, "sha256": sha, "bytes": size, "tensors": len(state)}
             del state
         dtype = str(model.dtype).removeprefix("torch.")
@@ -232,14 +232,14 @@ def save_compressed(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _replace_dir(tmp, out_dir, overwrite)
+        replace_dir(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
-def _replace_dir(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+def replace_dir(tmp: Path, out_dir: Path, overwrite: bool) -> None:
     if not out_dir.exists():
         os.rename(tmp, out_dir)
         return

@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.model import OFFICIAL_FILES, PRESETS, FlashVSR, FlashVSRConfig
 from flashvsr_q.model.loading import CONFIG_SIDECAR, FILE_DTYPES
-from flashvsr_q.quant.checkpoint import _replace_dir, _write_safetensors
+from flashvsr_q.quant.checkpoint import replace_dir, write_safetensors
 
 FP8_LAYERS = r"blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)|blocks\.\d+\.ffn\.(0|2)"  # DiT-relative fqns
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -94,7 +94,7 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
                 value = value.dequantize() if type(value) is not torch.Tensor else value
                 tensors[key] = value.detach().to(torch.bfloat16)
         tensors = dict(sorted(tensors.items()))
-        _write_safetensors(tmp / OFFICIAL_FILES["dit"], tensors, {"format": "pt", "flashvsr_q": "scaled_fp8_e4m3"},
+        write_safetensors(tmp / OFFICIAL_FILES["dit"], tensors, {"format": "pt", "flashvsr_q": "scaled_fp8_e4m3"},
                            flatten=False)
         del tensors
         for part in ("lq_proj", "decoder"):
@@ -105,7 +105,7 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
         official = PRESETS.get(model.config.name) if model.config.name.startswith("flashvsr-") else None
         if official is None or official.replace(num_layers=model.config.num_layers) != model.config:
             (tmp / CONFIG_SIDECAR).write_text(json.dumps(model.config.to_dict(), indent=1))
-        _replace_dir(tmp, out_dir, overwrite)
+        replace_dir(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

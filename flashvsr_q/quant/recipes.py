@@ -110,7 +110,15 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
-    """Parse and validate a recipe file (schema, scheme names and options, regexes); raises RecipeError."""
+    """Parse and validate a recipe file (schema, scheme names and options, regexes); raises RecipeError.
+
+    ``name_or_path``: the name of a shipped recipe (``int8-weight-only``, ``w8a8-int8``, ``nf4``, ...) or a YAML path.
+
+    Example:
+        >>> import flashvsr_q as fq
+        >>> fq.load_recipe("int8-weight-only").needs_calibration
+        False
+    """
     path = recipe_path(name_or_path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")

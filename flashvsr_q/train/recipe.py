@@ -117,10 +117,11 @@ class TrainRecipe:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainRecipe:
-        return _build(cls, data or {}, "recipe")
+        return build_settings(cls, data or {}, "recipe")
 
 
-def _build(cls, data: dict, where: str):
+def build_settings(cls, data: dict, where: str):
+    """A settings dataclass from a YAML mapping: typed fields, nested dataclasses, unknown keys are errors."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -132,7 +133,7 @@ def _build(cls, data: dict, where: str):
         default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
             else fields[name].default
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+            kwargs[name] = build_settings(type(default), value, f"{where}.{name}")
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)) or len(value) != len(default):
                 raise RecipeError(f"{where}.{name}: expected a list of {len(default)} numbers, got {value!r}")

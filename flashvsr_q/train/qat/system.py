@@ -55,7 +55,7 @@ from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, load_recipe
 from flashvsr_q.quant.schemes import Scheme
 from flashvsr_q.train.forward import conditioning_with_grad, decode_parallel
 from flashvsr_q.train.qat.data import DEGRADATIONS, QATDataModule, clip_psnr, heldout_clips, recovery_table
-from flashvsr_q.train.recipe import _build  # the typed YAML -> dataclass builder of the training recipe
+from flashvsr_q.train.recipe import build_settings
 from flashvsr_q.train.run import LossHistory, StopAfter
 from flashvsr_q.train.system import warmup_cosine
 
@@ -189,7 +189,7 @@ def load_qat_recipe(path: str | os.PathLike) -> QATRecipe:
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or "qat" not in data:
         raise RecipeError(f"{path}: a QAT recipe is a mapping with a `qat:` section")
-    settings = _build(QATSettings, data.pop("qat") or {}, "qat")
+    settings = build_settings(QATSettings, data.pop("qat") or {}, "qat")
     name = str(data.pop("name", path.stem))
     ref = data.pop("quantize", None)
     if ref is not None:
