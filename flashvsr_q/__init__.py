@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from flashvsr_q import tasks
 from flashvsr_q.errors import BackendUnavailable, CheckpointError, FlashVSRError
+from flashvsr_q.logs import quiet_known_noise
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from flashvsr_q.api import quantize, upscale
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from flashvsr_q.quant import Recipe, RecipeError, load_recipe
 
 __version__ = "0.1.0"
+
+quiet_known_noise()  # before any submodule imports torchao or bitsandbytes
 
 _LAZY = {
     "FlashVSR": "flashvsr_q.model",
