@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,17 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
     """Write ``data`` as JSON to ``path`` atomically (serialised first, so a bad value writes nothing)."""
     return write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def staging_dir(target: str | os.PathLike, prefix: str | None = None) -> Path:
+    """A new hidden folder beside ``target`` to fill and then rename onto it, with the user's usual permissions.
+
+    ``tempfile.mkdtemp`` makes 0700 folders (right for /tmp, wrong for an output the user shares); this one gets
+    0777 minus the umask, like ``mkdir`` would.
+    """
+    target = Path(target)
+    folder = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    return folder

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -36,3 +38,15 @@ def test_unserialisable_json_writes_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_json(target, {"bad": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_staged_output_folders_get_the_users_umask_not_0700(tmp_path):
+    from flashvsr_q.files import staging_dir
+
+    old = os.umask(0o022)
+    try:
+        folder = staging_dir(tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert folder.parent == tmp_path and folder.name.startswith(".out.")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

@@ -61,6 +61,7 @@ from flashvsr_q.eval.summary import (
 )
 from flashvsr_q.eval.temporal import build_temporal
 from flashvsr_q.eval.weights import MetricUnavailable
+from flashvsr_q.files import staging_dir
 from flashvsr_q.infer import upscale_frames
 from flashvsr_q.infer.pipeline import check_cancel
 from flashvsr_q.video.clips import ClipWriter
@@ -389,7 +390,7 @@ def evaluate(dataset: Dataset, configs: Sequence[EvalConfig], metrics: Sequence[
     staging = None
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging = staging_dir(out, prefix=f".{out.name}.partial-")
     try:
         res = _run(dataset, configs, meters, reference, scale, seed, device, staging if save_frames else None,
                    load_model or load_config_model, progress, cancel, say)

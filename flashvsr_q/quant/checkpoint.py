@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.errors import CheckpointError
+from flashvsr_q.files import staging_dir
 from flashvsr_q.model import FlashVSR, FlashVSRConfig
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, model_layers
 from flashvsr_q.quant.schemes import NF4, BnbInt8, ConvRotScheme, Scheme, scheme_from_dict
@@ -210,7 +210,7 @@ def save_compressed(
     layers = model_layers(model)
     if list(layers) != list(plan.layers):
         raise CheckpointError("the plan does not describe this model's layers")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
     try:
         files = {}
         for part, state in _parts(model).items():

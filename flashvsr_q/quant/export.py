@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.errors import CheckpointError
+from flashvsr_q.files import staging_dir
 from flashvsr_q.model import OFFICIAL_FILES, PRESETS, FlashVSR, FlashVSRConfig
 from flashvsr_q.model.loading import CONFIG_SIDECAR, FILE_DTYPES
 from flashvsr_q.quant.checkpoint import replace_dir, write_safetensors
@@ -76,7 +76,7 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
         raise CheckpointError(f"{out_dir} already exists; refusing to overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(layers)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
     try:
         tensors: dict[str, torch.Tensor] = {MARKER: torch.empty(0, dtype=torch.float8_e4m3fn)}
         done = set()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from flashvsr_q.data.footage import sample_video
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.eval.degrade import bicubic_downscale
 from flashvsr_q.eval.metrics import compute_frame_metrics
+from flashvsr_q.files import staging_dir
 from flashvsr_q.infer import upscale_frames
 from flashvsr_q.infer.memory import format_bytes
 from flashvsr_q.infer.progress import peak_rss
@@ -142,7 +142,7 @@ def run_demo(out_dir: str | os.PathLike = "demo-output", *, checkpoint: str | os
 
     plan = resolve_plan(load_recipe(recipe), model, device=dev)
     quantize_model(model, plan)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    staging = staging_dir(out_dir, prefix=".demo-")
     try:
         int8_dir = staging / f"checkpoint-{recipe}"
         save_compressed(model, int8_dir, plan.recipe, plan)
