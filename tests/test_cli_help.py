@@ -33,6 +33,14 @@ def test_every_subcommand_help_is_unchanged():
         assert got[name] == expected[name], f"`flashvsr-q {name} --help` changed"
 
 
-if __name__ == "__main__":
+def test_help_reads_like_help():
+    """No reStructuredText markup, and every subcommand shows a few examples."""
+    texts = help_texts()
+    for name, text in texts.items():
+        assert "``" not in text and ":func:" not in text, f"markup in `flashvsr-q {name} --help`"
+        assert "examples:\n  flashvsr-q" in text, f"`flashvsr-q {name} --help` has no examples"
+
+
+if __name__ == "__main__":  # regenerate the snapshot
     SNAPSHOT.write_text(json.dumps(help_texts(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {SNAPSHOT}", file=sys.stderr)
