@@ -232,7 +232,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hr", metavar="HR", help="HR video file or folder of images")
     parser.add_argument("-o", "--output", required=True, metavar="LR",
-                        help="LR video file (lossless H.264 RGB, by extension: .mp4 .mkv .mov ...) or folder of PNGs")
+                        help="LR video file (H.264 with the HR's audio, by extension: .mp4 .mkv .mov ...) or folder of "
+                        "PNGs")
     parser.add_argument("--preset", default="bicubic", choices=("bicubic", "realbasicvsr"),
                         help="bicubic: MATLAB imresize x1/scale (BI); realbasicvsr: two random rounds of blur, "
                         "resize, noise, JPEG and video compression, one parameter set per clip (default bicubic)")
@@ -240,6 +241,8 @@ def add_degrade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4,
                         help="downscaling factor; HR sides must divide by it (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="replace LR if it exists")
+    parser.add_argument("--lossless", action="store_true", help="a video LR as exact RGB (libx264rgb CRF 0) for "
+                        "evaluation, instead of H.264 yuv420p that plays everywhere")
 
 
 def run_degrade(args: argparse.Namespace) -> int:

@@ -353,15 +353,18 @@ class DegradeResult:
     preset: str
     seed: int
     params: dict | None  # RealBasicVSR parameters, None for bicubic
+    written: str = ""  # what the file is (codec, pixel format, audio), for the summary line
 
 
 def degrade_video(src: str | os.PathLike, dst: str | os.PathLike, preset: str = "bicubic", seed: int = 0,
-                  scale: int = 4, overwrite: bool = False) -> DegradeResult:
+                  scale: int = 4, overwrite: bool = False, lossless: bool = False) -> DegradeResult:
     """Make LR footage from an HR video file or image folder, streaming frame by frame.
 
-    ``dst`` is a video file if it has a video extension (written losslessly, libx264rgb CRF 0, at the source
-    frame rate) and otherwise a folder of PNGs (``00000000.png``, ...). It is written under a temporary name and
-    renamed when complete; on any error nothing is left at ``dst``.
+    ``dst`` is a video file if it has a video extension, at the source frame rate with the source's audio and
+    subtitles copied: H.264 yuv420p that plays everywhere, or with ``lossless`` exact RGB (libx264rgb CRF 0) for
+    evaluation, where the LR must carry only the degradation asked for. Otherwise it is a folder of PNGs
+    (``00000000.png``, ...), always exact. It is written under a temporary name and renamed when complete; on any
+    error nothing is left at ``dst``.
 
     Raises:
         FlashVSRError: unknown preset, missing/corrupt input, no video stream, size not divisible by ``scale``,
@@ -382,9 +385,9 @@ def degrade_video(src: str | os.PathLike, dst: str | os.PathLike, preset: str = 
         degradation = RealBasicVSRDegradation(seed, scale)
         lr_frames = degradation(frames)
         params = degradation.params.to_dict()
-    with clipio.ClipWriter(dst, fps=info.fps, overwrite=overwrite) as writer:
+    with clipio.ClipWriter(dst, fps=info.fps, overwrite=overwrite, lossless=lossless, audio_from=src) as writer:
         for frame in lr_frames:
             writer.write(frame)
         writer.close()
     return DegradeResult(dst, writer.count, (info.width, info.height), (info.width // scale, info.height // scale),
-                         preset, int(seed), params)
+                         preset, int(seed), params, writer.describe())

@@ -165,7 +165,7 @@ def dover_score(video: str | os.PathLike, device: str | torch.device | None = No
     # DOVER reads files with decord; frames are wrapped losslessly (libx264rgb CRF 0) so no codec artefact is scored
     with tempfile.TemporaryDirectory(prefix="flashvsr-q-dover-") as tmp:
         target = Path(tmp) / "clip.mp4"
-        with clipio.ClipWriter(target, fps=info.fps) as writer:
+        with clipio.ClipWriter(target, fps=info.fps, lossless=True) as writer:
             for frame in clipio.read_frames(info.path):
                 writer.write(frame)
             writer.close()

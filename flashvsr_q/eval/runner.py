@@ -218,7 +218,7 @@ def score_clip(config: EvalConfig, model: torch.nn.Module | None, clip: Clip, me
     if meters.dover is not None:
 
         tmp = Path(tempfile.mkdtemp(prefix="flashvsr-q-eval-"))
-        writer = ClipWriter(tmp / "sr.mkv")  # lossless (libx264rgb, CRF 0), for DOVER only
+        writer = ClipWriter(tmp / "sr.mkv", lossless=True)  # lossless (libx264rgb, CRF 0), for DOVER only
     count, last = 0, None
     try:
         for sr in _timed(produced, clock):

@@ -23,16 +23,18 @@ class DegradeOptions:
     seed: int = 0
     scale: int = 4
     overwrite: bool = False
+    lossless: bool = False
 
 
 def degrade(options: DegradeOptions) -> DegradeResult:
     """Write the LR footage, streaming frame by frame; returns sizes, frame count, preset and seed."""
     return degrade_video(options.hr, options.output, preset=options.preset, seed=options.seed, scale=options.scale,
-                         overwrite=options.overwrite)
+                         overwrite=options.overwrite, lossless=options.lossless)
 
 
 def describe(result: DegradeResult) -> str:
     """The line ``flashvsr-q degrade`` prints."""
     (hr_w, hr_h), (lr_w, lr_h) = result.hr_size, result.lr_size
     seed = f", seed {result.seed}" if result.preset == "realbasicvsr" else ""
-    return f"{result.frames} frames {hr_w}x{hr_h} -> {lr_w}x{lr_h} ({result.preset}{seed}) written to {result.path}"
+    return (f"{result.frames} frames {hr_w}x{hr_h} -> {lr_w}x{lr_h} ({result.preset}{seed}) written to {result.path}: "
+            f"{result.written}")

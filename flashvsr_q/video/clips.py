@@ -20,6 +20,7 @@ from PIL import Image
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.video.sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images, read_image
+from flashvsr_q.video.streams import remux_with_streams_of
 
 DEFAULT_FPS = fractions.Fraction(25)
 
@@ -111,14 +112,18 @@ def partial_path(dst: Path) -> Path:
 
 
 class ClipWriter:
-    """Write frames to a video file (lossless RGB H.264) or a PNG folder; rename into place on :meth:`close`.
+    """Write frames to a video file or a PNG folder; rename into place on :meth:`close`.
 
-    Video outputs use ``libx264rgb`` at CRF 0, so the frames read back are exactly the frames written: LR footage
-    made for evaluation should carry only the degradation that was asked for. PNG folders get ``00000000.png``,
-    ``00000001.png``, ... Use as a context manager: an exception inside the block removes the temporary output.
+    Videos are H.264 that plays everywhere by default (yuv420p, CRF 18; yuv444p when a side is odd, which 4:2:0
+    cannot hold); ``lossless=True`` writes ``libx264rgb`` at CRF 0 instead, so the frames read back are exactly the
+    frames written (LR footage made for evaluation should carry only the degradation that was asked for; most
+    browsers and phones cannot play it). ``audio_from``: a video whose audio and subtitle streams are copied in.
+    PNG folders get ``00000000.png``, ``00000001.png``, ... Use as a context manager: an exception inside the block
+    removes the temporary output.
     """
 
-    def __init__(self, dst: str | os.PathLike, fps: fractions.Fraction = DEFAULT_FPS, overwrite: bool = False):
+    def __init__(self, dst: str | os.PathLike, fps: fractions.Fraction = DEFAULT_FPS, overwrite: bool = False, *,
+                 lossless: bool = False, crf: int = 18, audio_from: str | os.PathLike | None = None):
         self.dst = Path(dst)
         if self.dst.exists() and not overwrite:
             raise FlashVSRError(f"{self.dst} already exists (--overwrite / overwrite=True replaces it)")
@@ -127,7 +132,11 @@ class ClipWriter:
         self.video = is_video_path(self.dst)
         self.tmp = partial_path(self.dst)
         self.fps = fps
+        self.lossless, self.crf = lossless, crf
+        self.audio_from = Path(audio_from) if audio_from is not None and is_video_path(audio_from) else None
         self.count = 0
+        self.pix_fmt: str | None = None
+        self.audio_copied = False
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         _remove(self.tmp)  # a leftover from an interrupted run
@@ -138,19 +147,39 @@ class ClipWriter:
         """Append one uint8 ``[H, W, 3]`` RGB frame."""
         if self.video:
             if self._container is None:
-                self._container = av.open(str(self.tmp), "w")
-                self._stream = self._container.add_stream("libx264rgb", rate=self.fps)
-                self._stream.width, self._stream.height = frame.shape[1], frame.shape[0]
-                self._stream.pix_fmt = "rgb24"
-                self._stream.options = {"crf": "0", "preset": "medium"}
+                self._open(frame.shape[1], frame.shape[0])
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             self._container.mux(self._stream.encode(video_frame))
         else:
             Image.fromarray(frame).save(self.tmp / f"{self.count:08d}.png", compress_level=1)
         self.count += 1
 
+    def _open(self, width: int, height: int) -> None:
+        self._container = av.open(str(self.tmp), "w")
+        if self.lossless:
+            codec, self.pix_fmt, options = "libx264rgb", "rgb24", {"crf": "0", "preset": "medium"}
+        else:
+            codec, options = "libx264", {"crf": str(self.crf), "preset": "medium"}
+            self.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        self._stream = self._container.add_stream(codec, rate=self.fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = self.pix_fmt
+        self._stream.options = options
+
+    def describe(self) -> str:
+        """What was (or will be) written, for the summary line."""
+        if not self.video:
+            return f"{self.count} PNG frames"
+        if self.lossless:
+            kind = "lossless H.264 RGB (libx264rgb CRF 0: exact frames, for evaluation; not every player plays it)"
+        elif self.pix_fmt == "yuv444p":
+            kind = f"H.264 yuv444p CRF {self.crf} (an odd side rules out 4:2:0; plays in VLC and ffmpeg)"
+        else:
+            kind = f"H.264 yuv420p CRF {self.crf} (plays everywhere)"
+        return f"{self.count} frames, {kind}" + (", audio copied" if self.audio_copied else "")
+
     def close(self) -> Path:
-        """Finish the file (flush the encoder) and move it to ``dst``; returns ``dst``."""
+        """Finish the file (flush the encoder, copy the audio) and move it to ``dst``; returns ``dst``."""
         if self.count == 0:
             self.abort()
             raise FlashVSRError(f"no frames to write to {self.dst}")
@@ -158,6 +187,14 @@ class ClipWriter:
             self._container.mux(self._stream.encode(None))
             self._container.close()
             self._container = None
+        if self.video and self.audio_from is not None:
+            with_audio = self.tmp.with_name(f".{self.dst.stem}.audio{self.dst.suffix}")
+            try:
+                self.audio_copied = remux_with_streams_of(self.tmp, self.audio_from, with_audio)
+                if self.audio_copied:
+                    os.replace(with_audio, self.tmp)
+            finally:
+                _remove(with_audio)
         if self.dst.exists():
             old = self.dst.with_name(f".{self.dst.name}.old")
             _remove(old)

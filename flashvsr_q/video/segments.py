@@ -35,6 +35,7 @@ import numpy as np
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json
 from flashvsr_q.video.sources import SWS_FLAGS, FrameSource
+from flashvsr_q.video.streams import copied_streams, copy_stream, open_input, timed_packets
 
 CODECS = ("libx264", "libx265")
 PIXEL_FORMATS = ("yuv420p", "yuv420p10le")
@@ -357,8 +358,8 @@ class SegmentedWriter:
         """Fail now, not after hours of upscaling, if the output container cannot hold a stream."""
         fmt = OUTPUT_FORMATS[self.output.suffix.lower()]
         if self.audio_source is not None:
-            with _open_input(self.audio_source) as src:
-                for stream in _copied_streams(src):
+            with open_input(self.audio_source) as src:
+                for stream in copied_streams(src):
                     # One trial header per stream, so the message can name the stream that does not fit.
                     with av.open(io.BytesIO(), "w", format=fmt) as out:
                         try:
@@ -377,7 +378,7 @@ class SegmentedWriter:
         frame_ticks = max(1, round(1 / (self.fps * tb)))
         for seg in segments:
             path = self.segment_path(seg.index)
-            with _open_input(path) as container:
+            with open_input(path) as container:
                 stream = container.streams.video[0]
                 for pos, packet in enumerate(p for p in container.demux(stream) if p.size):
                     # Matroska stores milliseconds; the local frame number is recovered exactly by rounding.
@@ -396,53 +397,18 @@ class SegmentedWriter:
         fmt = OUTPUT_FORMATS[self.output.suffix.lower()]
         options = dict(_BITEXACT, **({"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}))
         with av.open(str(tmp), "w", format=fmt, container_options=options) as out:
-            with _open_input(self.segment_path(0)) as first:
+            with open_input(self.segment_path(0)) as first:
                 video = out.add_stream_from_template(first.streams.video[0])
             video.time_base = self.time_base
-            src = _open_input(self.audio_source) if self.audio_source else None
+            src = open_input(self.audio_source) if self.audio_source else None
             try:
-                copies = {s.index: _copy_stream(out, s) for s in (_copied_streams(src) if src else [])}
+                copies = {s.index: copy_stream(out, s) for s in (copied_streams(src) if src else [])}
                 parts = [self._video_packets(segments, reorder, video)]
                 if copies:
-                    parts.append(_timed_packets(src, copies))
+                    parts.append(timed_packets(src, copies))
                 for _, packet, stream in heapq.merge(*parts, key=lambda item: item[0]):
                     packet.stream = stream
                     out.mux(packet)
             finally:
                 if src:
                     src.close()
-
-
-def _open_input(path: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(path), metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise FlashVSRError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _copied_streams(container: av.container.InputContainer) -> list[av.stream.Stream]:
-    """The streams copied into the output: audio and subtitles (not data tracks or cover art)."""
-    return [s for s in container.streams if s.type in ("audio", "subtitle")]
-
-
-def _copy_stream(out: av.container.OutputContainer, stream: av.stream.Stream) -> av.stream.Stream:
-    copy = out.add_stream_from_template(stream)
-    for key in ("language", "title"):
-        if key in stream.metadata:
-            copy.metadata[key] = stream.metadata[key]
-    copy.disposition = stream.disposition
-    return copy
-
-
-def _timed_packets(src: av.container.InputContainer, copies: dict[int, av.stream.Stream]
-                   ) -> Iterator[tuple[float, av.Packet, av.stream.Stream]]:
-    """The source's audio/subtitle packets in file order, keyed by decoding time in seconds."""
-    last = float("-inf")
-    for packet in src.demux(*(src.streams[i] for i in copies)):
-        if packet.size == 0 or (packet.dts is None and packet.pts is None):
-            continue  # demuxer flush packets
-        if packet.dts is None:
-            packet.dts = packet.pts
-        # Keys must not decrease within one input of heapq.merge; file order is the muxing order we keep.
-        last = max(last, float(packet.dts * packet.time_base))
-        yield last, packet, copies[packet.stream.index]

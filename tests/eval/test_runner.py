@@ -112,7 +112,7 @@ def test_dataset_layouts_are_detected(reds, tmp_path):
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    with clipio.ClipWriter(videos / "one.mkv") as writer:  # lossless
+    with clipio.ClipWriter(videos / "one.mkv", lossless=True) as writer:  # lossless
         for frame in clips["000"][0]:
             writer.write(frame)
         writer.close()
