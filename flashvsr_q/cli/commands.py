@@ -348,7 +348,8 @@ def add_demo(parser: argparse.ArgumentParser) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     rows = tasks.demo.demo(options(tasks.demo.DemoOptions, args))
     print(tasks.demo.format_table(rows))
-    print(f"videos, side-by-side.png and results.json written to {args.output}/")
+    print(f"videos (H.264, play anywhere), side-by-side.png and results.json written to {args.output}/\n")
+    print(tasks.demo.NOTICE)
     return 0
 
 
