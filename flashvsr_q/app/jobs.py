@@ -189,7 +189,6 @@ def is_cancelled(exc: BaseException) -> bool:
 def checkpoint_choices(extra_folders: list[Path] = ()) -> list[tuple[str, str]]:
     """(label, value) pairs: the default checkpoint, then every checkpoint folder under ``checkpoints/`` and
     ``extra_folders`` (e.g. the app's exports) that ``flashvsr_q.checkpoints.checkpoint_kind`` recognises."""
-
     choices = [(f"default ({default_checkpoint()})", DEFAULT_CHOICE)]
     seen = {default_checkpoint().resolve()}
     root = small_model_dir().parent
@@ -217,7 +216,6 @@ def resolve_checkpoint(value: str | None) -> str | None:
 def recipe_choices() -> list[tuple[str, str]]:
     """(label, value): "none (as stored)" then the shipped quantization recipes (``quant.recipes.shipped_recipes``),
     each labelled with the start of its description."""
-
     choices = [("none (as stored)", RECIPE_NONE)]
     for name, path in sorted(shipped_recipes().items()):
         description = load_recipe(path).description.strip()
@@ -235,7 +233,6 @@ def resolve_recipe(value: str | None) -> str | None:
 
 def backend_choices(device: str) -> tuple[list[str], str]:
     """(names that can run on ``device``, preceded by ``auto``; a Markdown line listing the others and why)."""
-
     backends = available_backends(device)
     usable = ["auto"] + [name for name, reason in backends.items() if reason is None]
     others = [f"`{name}`: {reason}" for name, reason in backends.items() if reason is not None]
@@ -274,7 +271,6 @@ def vram_arg(text: str | None) -> int | None:
 
 def output_name(input_path: str | os.PathLike, scale: int = 4) -> str:
     """``clip.mov`` -> ``clip_x4.mp4``; ``photo.jpg`` -> ``photo_x4.png`` (videos as MP4, images as PNG)."""
-
     path = Path(input_path)
     ext = ".png" if path.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"
     return f"{path.stem}_x{scale}{ext}"
@@ -298,7 +294,6 @@ def comparison_frames(input_path: str | os.PathLike, output_path: str | os.PathL
 
 def describe_source(path: str | os.PathLike) -> str:
     """One line about an input: kind, size, frames, rate, audio."""
-
     src = open_source(path)
     parts = [src.kind.replace("_", " "), f"{src.width}x{src.height}"]
     if src.kind != "image":

@@ -81,7 +81,6 @@ def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _media(folder: Path) -> tuple[list[Path], list[Path]]:
-
     videos = sorted(p for p in folder.iterdir() if p.is_file() and is_video_path(p))
     image_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and list_images(p))
     return videos, image_dirs
@@ -154,7 +153,6 @@ def _lr_view(source: FrameSource, scale: int, crop: Crop | None) -> FrameSource:
 
 
 def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
-
     def open_() -> Iterator[np.ndarray]:
         stop = None if frames is None else start + frames
         return itertools.islice(read_frames(path), start, stop)
@@ -163,7 +161,6 @@ def _frames(path: Path, frames: int | None, start: int = 0) -> FrameSource:
 
 
 def _degraded(hr: FrameSource, degradation: str, seed: int, scale: int) -> FrameSource:
-
     if degradation == "bicubic":
         return lambda: (bicubic_downscale(f, scale) for f in hr())
     if degradation == "realbasicvsr":
@@ -200,7 +197,6 @@ def _checked(name: str, kind: str, clips: list[Clip]) -> Dataset:
 
 
 def _heldout(frames: int | None, degradation: str, seed: int, scale: int, crop: Crop | None) -> list[Clip]:
-
     clips = []
     for i, (name, video) in enumerate(held_out_clips().items()):  # uint8 [T, 3, H, W]
         array = np.ascontiguousarray(video.permute(0, 2, 3, 1).numpy())[:frames]

@@ -137,7 +137,6 @@ class Scorer:
 
     def update(self, sr: np.ndarray, gt: np.ndarray | None) -> None:
         """Score one output frame against its GT frame (None without GT)."""
-
         if gt is not None and sr.shape != gt.shape:
             raise FlashVSRError(f"the output frame is {sr.shape[1]}x{sr.shape[0]} but GT is "
                                 f"{gt.shape[1]}x{gt.shape[0]}: GT must be exactly scale x LR")

@@ -127,15 +127,15 @@ def describe_results(res: EvalResults, metrics: Sequence[str] | None = None) -> 
     shown = [m for m in report.metrics if metrics is None or m in metrics or m.split(" (")[0] in metrics]
     shown = [m for m in shown if any(isinstance(report.means[c][m], float) for c in report.configs)]
     width = max(len(c) for c in report.configs) + 6
-    lines = ["".ljust(width) + "".join(column_title(m).rjust(14) for m in shown)]
+    columns = [max(12, len(column_title(m))) + 2 for m in shown]  # a long title never runs into its neighbour
+    lines = ["".ljust(width) + "".join(column_title(m).rjust(w) for m, w in zip(shown, columns))]
     for config in report.configs:
         label = config + (" (ref)" if config == res.reference else "")
-        lines.append(label.ljust(width) + "".join(fmt(m, report.means[config][m]).rjust(14) for m in shown))
+        lines.append(label.ljust(width) + "".join(fmt(m, report.means[config][m]).rjust(w)
+                                                  for m, w in zip(shown, columns)))
     lines += [f"skipped {name}: {reason}" for name, reason in res.skipped_configs.items()]
     lines += [f"{m}: {reason}" for m, reason in res.skipped_metrics.items()]
     return "\n".join(lines)
-
-
 
 
 __all__ = ["DOC_BEGIN", "DOC_END", "check_doc", "configs_markdown", "describe_results", "run_markdown",

@@ -99,7 +99,6 @@ def file_identity(path: str | os.PathLike, hash_mode: str = "content", _cache: d
 
 def footage_identity(footage, hash_mode: str = "content") -> dict:
     """What identifies one ``flashvsr_q.data.footage`` source: its file(s), a dataset row, or in-memory pixels."""
-
     if isinstance(footage, VideoFootage):
         return {"video": file_identity(footage.path, hash_mode)}
     if isinstance(footage, StillFootage) and isinstance(footage.image, (str, os.PathLike)):
@@ -458,7 +457,6 @@ def load_calibration_set(path: str | os.PathLike) -> dict:
 
 def smoothing_from_recipe(recipe, model: nn.Module) -> tuple[str, float | None]:
     """(regex of the layers a recipe quantizes with a scheme that takes SmoothQuant factors, its alpha or None)."""
-
     plan = resolve_plan(recipe, model, "cpu" if model.device.type == "cpu" else str(model.device))
     fqns = [f for f, layer in plan.quantized.items() if layer.scheme.supports_smoothing]
     alpha = (recipe.smoothquant or {}).get("alpha")

@@ -66,7 +66,6 @@ class DemoRow:
 
 def demo_clip(frames: int = 33, footage: str = DEMO_FOOTAGE) -> np.ndarray:
     """HR ground truth uint8 [T, H, W, 3] with H, W multiples of 4 (cropped), from a sample video."""
-
     source = open_source(sample_video(footage))
     hr = []
     for frame in source.frames():
@@ -96,7 +95,6 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -108,7 +106,6 @@ def _run(model, lr: np.ndarray, device: torch.device) -> tuple[np.ndarray, float
 
 def _write_video(path: Path, frames: np.ndarray) -> None:
     """H.264 yuv420p for viewing anywhere (metrics are computed on the uint8 frames, never on a video)."""
-
     with ClipWriter(path) as writer:
         for frame in frames:
             writer.write(frame)
@@ -230,7 +227,6 @@ def run_demo(out_dir: str | os.PathLike = "demo-output", *, checkpoint: str | os
 
 def format_table(rows: list[DemoRow]) -> str:
     """Markdown table of the rows (also what the CLI prints)."""
-
     lines = ["| output | PSNR vs GT (dB) | SSIM vs GT | PSNR vs bicubic (dB) | time (s) | fps | peak memory | "
              "checkpoint |", "|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f: "—" if v is None else f.format(v)  # noqa: E731

