@@ -220,6 +220,7 @@ class Suite:
             output = self.work / "bench" / f"{section}-{slug(label)}.json"
             output.unlink(missing_ok=True)
             timeout = min(self.settings.timeout_s[section], self.section_left())
+            row.update(status="running", reason="in flight")
             done = self.run([self.opts.python, "-c", CLI, "bench", *args, "-o", str(output)], timeout)
             row["wall_s"] = done.wall_s
             if done.rc is None:
@@ -764,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         for rec in suite.doc["sections"].values():
             if rec["status"] in ("pending", "running"):
                 rec.update(status="skipped", reason=f"not reached: suite stopped ({exc})")
+            for row in rec["items"]:
+                if row.get("status") == "running":
+                    row.update(status="skipped", reason=f"stopped mid-step ({exc})")
         code = 1
     suite.save()
     print(markdown(suite.doc))
