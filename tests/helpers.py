@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FLASHVSR_Q_SHARED", REPO.parent / "shared"))
 CONFORMANCE = SHARED / "conformance"
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def requires_cuda(test):
+    """Marks a test ``cuda`` (``pytest -m cuda`` selects it) and skips it where no CUDA GPU is present."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def random_model(name: str | FlashVSRConfig = "test", seed: int = 0, variant: str | None = None) -> FlashVSR:

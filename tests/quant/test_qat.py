@@ -19,6 +19,9 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.model import SeededNoise, run_clip
 from flashvsr_q.model.loading import save_official
 from flashvsr_q.quant.checkpoint import load_compressed, read_manifest
+from flashvsr_q.quant.recipes import load_recipe, parse_recipe, resolve_plan
+from flashvsr_q.quant.schemes import get_scheme
+from flashvsr_q.train.qat.data import make_example
 from flashvsr_q.train.qat.system import (
     LossSettings,
     OptimSettings,
@@ -31,9 +34,6 @@ from flashvsr_q.train.qat.system import (
     run_qat,
     stream_frames,
 )
-from flashvsr_q.train.qat.data import make_example
-from flashvsr_q.quant.recipes import load_recipe, parse_recipe, resolve_plan
-from flashvsr_q.quant.schemes import get_scheme
 
 QAT_RECIPE = "recipes/qat-w4a8.yaml"
 

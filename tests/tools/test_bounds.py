@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bounds import LinearUpsampler, blind_null_space, fit, planes, window_features
 from helpers import REPO, random_model
 
 from flashvsr_q.data.clips import bicubic_lr, upsample
 from flashvsr_q.model.tc_decoder import DecoderState
-from bounds import LinearUpsampler, blind_null_space, fit, planes, window_features
 
 SHIPPED = REPO / "checkpoints" / "flashvsr-small"
 LR_SIDE = 64  # the decoder's reach is ~90 output px: check a centre well away from the borders

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from helpers import random_model
+from quant_measure import STATIC_VARIANTS, quality_markdown, quality_table
 
 from flashvsr_q.model import save_official
-from quant_measure import STATIC_VARIANTS, quality_markdown, quality_table
 
 
 def test_quality_table_rows_and_markdown(tmp_path):
