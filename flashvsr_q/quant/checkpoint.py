@@ -35,7 +35,7 @@ from flashvsr_q.errors import CheckpointError
 from flashvsr_q.files import staging_dir
 from flashvsr_q.model import FlashVSR, FlashVSRConfig
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, model_layers
-from flashvsr_q.quant.schemes import NF4, BnbInt8, ConvRotScheme, Scheme, scheme_from_dict
+from flashvsr_q.quant.schemes import NF4, BnbInt8, ConvRotScheme, ConvWeightOnly, Scheme, scheme_from_dict
 
 FORMAT = "flashvsr-q-compressed"
 FORMAT_VERSION = 1
@@ -367,13 +367,14 @@ def load_compressed(
         if isinstance(scheme, (BnbInt8, NF4)):
             local = {k[len(fqn) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(fqn + ".")]}
             _swap(model, fqn, _build_bnb(scheme, model.get_submodule(fqn), local, dtype, device, fqn))
-        elif isinstance(scheme, ConvRotScheme):  # int8 / fp8 scales keep their stored dtype: not cast below
+        elif isinstance(scheme, (ConvRotScheme, ConvWeightOnly)):  # modules rebuilt by their scheme
             local = {k[len(fqn) + 1:]: state.pop(k) for k in [k for k in state if k.startswith(fqn + ".")]}
             try:
                 _swap(model, fqn, scheme.restore(model.get_submodule(fqn), local, dtype, device))
             except (KeyError, ValueError) as exc:
                 raise CheckpointError(f"{path}: {fqn}: unexpected {scheme.name} tensors ({exc})") from None
-    bnb_prefixes = tuple(f"{fqn}." for fqn, s in plan.items() if isinstance(s, (BnbInt8, NF4, ConvRotScheme)))
+    rebuilt = (BnbInt8, NF4, ConvRotScheme, ConvWeightOnly)
+    bnb_prefixes = tuple(f"{fqn}." for fqn, s in plan.items() if isinstance(s, rebuilt))
     state = {k: _to(v, dtype, device) for k, v in state.items()}
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not k.startswith(bnb_prefixes)]

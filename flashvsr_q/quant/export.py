@@ -32,6 +32,7 @@ from flashvsr_q.files import staging_dir
 from flashvsr_q.model import OFFICIAL_FILES, PRESETS, FlashVSR, FlashVSRConfig
 from flashvsr_q.model.loading import CONFIG_SIDECAR, FILE_DTYPES
 from flashvsr_q.quant.checkpoint import replace_dir, write_safetensors
+from flashvsr_q.quant.weight_only import float_state_dict
 
 FP8_LAYERS = r"blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)|blocks\.\d+\.ffn\.(0|2)"  # DiT-relative fqns
 E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -99,7 +100,7 @@ def export_fp8_official(model: FlashVSR, out_dir: str | os.PathLike, *, layers: 
         del tensors
         for part in ("lq_proj", "decoder"):
             state = {k: v.detach().to("cpu", FILE_DTYPES[part]).contiguous()
-                     for k, v in getattr(model, part).state_dict().items()}
+                     for k, v in float_state_dict(getattr(model, part)).items()}
             torch.save(state, tmp / OFFICIAL_FILES[part])
         torch.save(model.prompt.detach().to("cpu", FILE_DTYPES["prompt"]).contiguous(), tmp / OFFICIAL_FILES["prompt"])
         official = PRESETS.get(model.config.name) if model.config.name.startswith("flashvsr-") else None

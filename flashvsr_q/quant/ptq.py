@@ -24,6 +24,7 @@ from flashvsr_q.model.loading import OFFICIAL_FILES
 from flashvsr_q.quant.calibration import observer_absmax
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, RecipeError, model_layers, resolve_plan
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+from flashvsr_q.quant.weight_only import is_weight_only
 
 Progress = Callable[[str, int, int], None]  # (layer fqn, index, total)
 
@@ -112,7 +113,9 @@ def _check_plan_fits(model: nn.Module, plan: QuantPlan) -> None:
                           f"resolve the recipe against this model")
     for fqn, layer in plan.quantized.items():
         module = model.get_submodule(fqn)
-        if type(module) is not nn.Linear or type(module.weight.data) is not torch.Tensor:
+        float_layer = type(module) is nn.Linear or (isinstance(module, nn.modules.conv._ConvNd)
+                                                      and not is_weight_only(module))
+        if not float_layer or type(module.weight.data) is not torch.Tensor:
             raise RecipeError(f"{fqn} is already quantized ({type(module).__name__}, "
                               f"{type(module.weight.data).__name__}); quantize a float model")
         if layer.scheme.device_bound and module.weight.device.type != torch.device(plan.device).type:

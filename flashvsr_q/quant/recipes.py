@@ -32,7 +32,7 @@ import torch.nn as nn
 import yaml
 
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.quant.schemes import SCHEMES, Scheme, get_scheme
+from flashvsr_q.quant.schemes import SCHEMES, ConvWeightOnly, Scheme, get_scheme
 from flashvsr_q.quant.smoothquant import alpha_for
 from flashvsr_q.shipped import recipes_dir
 
@@ -187,7 +187,8 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
             raise fail(f"rule {i} ({entry['pattern']}): {exc}") from None
         if scheme.needs_calibration and calibration == "none":
             raise fail(f"rule {i}: scheme {name} needs activation statistics: set calibration: required")
-        if smoothquant is not None and not scheme.supports_smoothing:
+        # SmoothQuant rescales Linear inputs; convolutions (conv_weight_only) are quantized unsmoothed beside it
+        if smoothquant is not None and not scheme.supports_smoothing and not isinstance(scheme, ConvWeightOnly):
             raise fail(f"rule {i}: scheme {name} cannot apply SmoothQuant factors (use an int8 torchao scheme)")
         rules.append(Rule(entry["pattern"], scheme))
     return Recipe(name=str(data["name"]), description=str(data["description"]).strip(), gpu=str(data["gpu"]),

@@ -23,6 +23,8 @@ import torch.nn as nn
 from flashvsr_q.errors import BackendUnavailable
 from flashvsr_q.quant.convrot import ConvRotLinear, ConvRotW4A8Linear, group_for, is_power_of_4
 from flashvsr_q.quant.stats import LayerCalibration
+from flashvsr_q.quant.weight_only import empty_weight_only, is_weight_only, to_weight_only
+from flashvsr_q.quant.weight_only import group_for as int4_group_for
 
 SCHEMES: dict[str, type[Scheme]] = {}
 
@@ -508,6 +510,68 @@ class W4A8Int8ConvRot(ConvRotScheme):
                                    self.group(meta_linear.in_features), self.w4_group_size, "bias" in tensors,
                                    dtype, device)
         return module.load_quantized(tensors, tensors.get("bias"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# convolutions (the conv keeps its class and forward; its weight is stored quantized; weight_only.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@register_scheme
+@dataclass(frozen=True)
+class ConvWeightOnly(Scheme):
+    """Weight-only int8 (per output channel) or int4 (groups of ``group_size`` along the flattened input) for the
+    Conv2d / Conv3d layers of the LQ projection and the TCDecoder; dequantized to the compute dtype when the conv
+    runs. ``clip``: ``mse`` (per-row / per-group MSE-optimal scale) or ``absmax``."""
+
+    name: ClassVar[str] = "conv_weight_only"
+    library: ClassVar[str] = "torch"
+    summary: ClassVar[str] = "int8 (per channel) or int4 (group-wise) conv weights, dequantized per call; any device"
+    weight_bits: ClassVar[int] = 8
+    bits: int = 8
+    group_size: int = 64
+    clip: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (8, 4) or self.clip not in ("absmax", "mse"):
+            raise ValueError(f"conv_weight_only takes bits 8 or 4 and clip absmax or mse, got {self.bits}, "
+                             f"{self.clip!r}")
+        if self.group_size < 8 or self.group_size & (self.group_size - 1):
+            raise ValueError(f"conv_weight_only group_size must be a power of 2 >= 8, got {self.group_size}")
+
+    def unavailable(self, device):
+        return None
+
+    def check_layer(self, module):
+        if not isinstance(module, nn.modules.conv._ConvNd) or module.transposed:
+            return f"{self.name} applies to Conv1d/2d/3d only, this is {type(module).__name__}"
+        if is_weight_only(module):
+            return "already quantized"
+        if self.bits == 4 and not int4_group_for(module.weight[0].numel(), self.group_size):
+            return f"no int4 group of 8 or more divides the row length {module.weight[0].numel()}"
+        return None
+
+    def quantize(self, linear, calibration=None):
+        if calibration is not None and calibration.smoothing is not None:
+            raise ValueError(f"{self.name} does not support SmoothQuant factors")
+        return to_weight_only(linear, self.bits, self.group_size, self.clip)
+
+    def restore(self, meta_module: nn.Module, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                device: torch.device | str) -> nn.Module:
+        """The module of a saved layer: ``meta_module`` converted, then filled from ``tensors``."""
+        module = empty_weight_only(meta_module, self.bits, self.group_size, dtype, device)
+        expected = dict(module.state_dict())
+        if set(tensors) != set(expected):
+            raise KeyError(f"tensors {sorted(tensors)}, expected {sorted(expected)}")
+        for key, value in tensors.items():
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise ValueError(f"{key} {list(value.shape)}, expected {list(expected[key].shape)}")
+            value = value.to(device, dtype if value.is_floating_point() else value.dtype)
+            if key == "bias":
+                module.bias = nn.Parameter(value, requires_grad=False)
+            else:
+                module.register_buffer(key, value)
+        return module
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def test_quantize_then_inspect(official, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     for fragment in ("compressed checkpoint, model test (2 blocks)", "recipe int8-weight-only", "torchao 0.18",
-                     "int8_weight_only", "20 layers", "dit.blocks.{0-1}.{self_attn,cross_attn}.{q,k,v,o}",
+                     "int8_weight_only", "21 layers", "conv_weight_only",
+                     "dit.blocks.{0-1}.{self_attn,cross_attn}.{q,k,v,o}",
                      "dit.safetensors", "sha256", "total"):
         assert fragment in text, fragment
     info = inspect_checkpoint(out)

@@ -62,13 +62,18 @@ def test_shipped_recipe_resolves(name, config):
     plan = resolve_plan(recipe, model, "cpu")
     layers = model_layers(model)
     assert list(plan.layers) == list(layers)
-    # exactly the DiT block linears are quantized; the keep list covers every other layer
+    # the DiT block linears are quantized, and the LQ projection and TCDecoder too unless the recipe says why not;
+    # the keep list covers every other layer
     linears = {f for f in layers if ".blocks." in f and f.rsplit(".", 2)[-2:][0] in ("self_attn", "cross_attn", "ffn")
                and layers[f][0] == "Linear"}
-    assert set(plan.quantized) == linears
     assert len(linears) == 10 * model.config.num_layers
+    whole = {f for f in layers if f.startswith(("lq_proj.conv", "lq_proj.linear", "decoder."))}
+    outside = set(plan.quantized) - linears
+    assert linears <= set(plan.quantized)
+    assert outside == whole or (outside == whole - {"lq_proj.linear_layers.0"} and "kept bf16" in recipe.text) or (
+        not outside and "kept float on purpose" in recipe.text), name
     for fqn in ("prompt", "dit.patch_embedding", "dit.time_projection.1", "dit.blocks.0.modulation",
-                "dit.head.head", "dit.head.modulation", "lq_proj.conv1", "decoder.decoder.26"):
+                "dit.head.head", "dit.head.modulation", "lq_proj.norm1"):
         assert plan.layers[fqn].scheme is None
     assert plan.recipe.needs_calibration == (recipe.calibration == "required")
 
@@ -93,7 +98,7 @@ def test_plan_prints_compact_groups_before_any_change():
     text = resolve_plan(load_recipe("int8-weight-only"), model, "cpu").format()
     assert "dit.blocks.{0-29}.{self_attn,cross_attn}.{q,k,v,o}" in text
     assert "dit.blocks.{0-29}.ffn.{0,2}" in text
-    assert "300 quantized" in text and "int8_weight_only" in text and "keep" in text
+    assert "340 quantized" in text and "int8_weight_only" in text and "conv_weight_only" in text and "keep" in text
     assert all(p.device.type == "meta" for p in model.parameters())
 
 
@@ -108,7 +113,7 @@ FFN = r"dit\.blocks\.\d+\.ffn\.(0|2)"
 
 @pytest.mark.parametrize(("rules", "extra", "keep", "fragments"), [
     (f"  - {{pattern: '{FFN}', scheme: int9}}\n", "", KEEP,
-     [f"rule 1 ({FFN}): unknown scheme 'int9'; choose one of bnb_int8, fp8_weight_only"]),
+     [f"rule 1 ({FFN}): unknown scheme 'int9'; choose one of bnb_int8, conv_weight_only, fp8_weight_only"]),
     (BLOCK_RULES + "  - {pattern: 'dit\\.blocks\\.\\d+\\.ffn\\.1', scheme: nf4}\n", "", KEEP,
      [r"rule 3 pattern 'dit\.blocks\.\d+\.ffn\.1' matches no layer of this model"]),
     (BLOCK_RULES + "  - {pattern: 'dit\\.blocks\\.0\\.ffn\\.0', scheme: nf4}\n", "", KEEP,
