@@ -4,18 +4,37 @@
     model = load_checkpoint("FlashVSR-v1.1/")         # official files, unchanged
     model = load_checkpoint("int8/")                  # manifest.json + safetensors written by `flashvsr-q quantize`
     model = load_checkpoint("FlashVSR-v1/", variant="v1", recipe="int8-weight-only")   # quantized while loading
+    model = load_checkpoint("FlashVSR-v1.1/FlashVSR1_1-int8_convrot.safetensors")      # a ComfyUI-native DiT file
+
+A ComfyUI-native DiT file (``flashvsr-q export``, or a community file: int8 ConvRot, int8, fp8, bf16) is run as
+ComfyUI runs it (``quant.comfy.apply_comfy``). It holds the DiT only: the LQ projection, the decoder and the prompt
+are the official files beside it (``LQ_proj_in.ckpt``, ``TCDecoder.ckpt``, ``posi_prompt.pth``, and
+``flashvsr-q-config.json`` for a model that is not an official size), else those of the fetched official release
+(``flashvsr-q fetch v1.1``). An official folder whose DiT file carries ``comfy_quant`` sidecars loads the same way.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.errors import CheckpointError, FlashVSRError
-from flashvsr_q.model import FlashVSR, infer_config, is_official_layout, load_official
+from flashvsr_q.model import (
+    OFFICIAL_FILES,
+    PRESETS,
+    FlashVSR,
+    FlashVSRConfig,
+    infer_config,
+    is_official_layout,
+    load_official,
+)
+from flashvsr_q.model.loading import CONFIG_SIDECAR, check_keys, expected_shapes, torch_file
+from flashvsr_q.model.official_release import release_dir
 from flashvsr_q.quant import (
     CalibrationStats,
     QuantPlan,
@@ -27,6 +46,7 @@ from flashvsr_q.quant import (
     quantize_official,
     resolve_plan,
 )
+from flashvsr_q.quant.comfy import SIDECAR, ComfyDiT, apply_comfy, read_comfy
 from flashvsr_q.shipped import small_model_dir
 
 ENV_CHECKPOINT = "FLASHVSR_Q_CHECKPOINT"
@@ -43,16 +63,91 @@ def default_checkpoint() -> Path:
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
-    """``"official"`` or ``"compressed"``; raises CheckpointError for anything else."""
+    """``"official"``, ``"compressed"`` or ``"comfy"`` (a ComfyUI-native DiT file, or an official folder whose DiT
+    file is one); raises CheckpointError for anything else."""
     path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return "comfy"
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} does not exist")
+        raise CheckpointError(f"checkpoint folder {path} does not exist" if not path.exists() else
+                              f"{path} is not a checkpoint (a folder, or a ComfyUI-native DiT .safetensors file)")
     if (path / MANIFEST).is_file():
         return "compressed"
     if is_official_layout(path):
-        return "official"
+        return "comfy" if _has_comfy_sidecars(path / OFFICIAL_FILES["dit"]) else "official"
     raise CheckpointError(f"{path} is neither an official FlashVSR folder nor a flashvsr-q checkpoint "
                           f"(no {MANIFEST}, no diffusion_pytorch_model_streaming_dmd.safetensors)")
+
+
+def _has_comfy_sidecars(dit_file: Path) -> bool:
+    """True if the safetensors header lists a ``comfy_quant`` tensor (read from the header, not the data)."""
+    try:
+        with safe_open(str(dit_file), framework="pt") as f:
+            return any(k.endswith("." + SIDECAR) for k in f.keys())
+    except (SafetensorError, OSError):
+        return False  # the official loader reports the unreadable file
+
+
+def comfy_dit_file(path: str | os.PathLike) -> Path:
+    """The DiT file of a ``"comfy"`` checkpoint: the file itself, or the official DiT file of a folder."""
+    path = Path(path)
+    return path if path.is_file() else path / OFFICIAL_FILES["dit"]
+
+
+def comfy_companions(path: str | os.PathLike, variant: str = "v1.1") -> tuple[FlashVSRConfig | None, dict[str, Path]]:
+    """(architecture, part -> file) for the LQ projection, decoder and prompt that go with a ComfyUI DiT file.
+
+    Each part is the official file beside the DiT file, else the fetched official release's (``variant``). A
+    ``flashvsr-q-config.json`` beside the file gives the architecture (a flashvsr-q model of another size; its
+    parts must then be beside it too); without one it is None: the official architecture.
+    Raises:
+        CheckpointError: a part found nowhere, naming the file, where to put it and what fetches it.
+    """
+    folder = comfy_dit_file(path).parent
+    config = None
+    sidecar = folder / CONFIG_SIDECAR
+    if sidecar.is_file():
+        try:
+            config = FlashVSRConfig.from_dict(json.loads(sidecar.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{sidecar}: invalid config ({exc})") from None
+    release = release_dir(variant) if config is None else None
+    parts = {}
+    for part in ("lq_proj", "decoder", "prompt"):
+        name = OFFICIAL_FILES[part]
+        found = [d / name for d in (folder, release) if d is not None and (d / name).is_file()]
+        if not found:
+            where = f"{folder}" + (f" or {release}" if release else "")
+            raise CheckpointError(f"{comfy_dit_file(path).name} is a DiT only: {name} (the official "
+                                  f"{part.replace('_', ' ')}) is needed in {where}; put it there or run "
+                                  f"`flashvsr-q fetch {variant}`")
+        parts[part] = found[0]
+    return config, parts
+
+
+def load_comfy(path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+               variant: str = "v1.1") -> tuple[FlashVSR, ComfyDiT]:
+    """A ComfyUI-native DiT file with its companion parts (:func:`comfy_companions`), its quantized layers run as
+    ComfyUI runs them; returns (model in eval mode, what the file holds)."""
+    config, parts = comfy_companions(path, variant)
+    file = read_comfy(comfy_dit_file(path), config)
+    if config is None:
+        config = PRESETS[f"flashvsr-{variant}"]
+    with torch.device("meta"):
+        model = FlashVSR(config)
+    apply_comfy(model.dit, file, dtype, device)
+    for part in ("lq_proj", "decoder"):
+        module, state = getattr(model, part), torch_file(parts[part])
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{parts[part]}: expected a plain state dict of tensors")
+        check_keys(expected_shapes(module), {k: tuple(v.shape) for k, v in state.items()}, parts[part])
+        module.load_state_dict({k: v.to(device, dtype) for k, v in state.items()}, strict=True, assign=True)
+    prompt = torch_file(parts["prompt"])
+    if not isinstance(prompt, torch.Tensor) or tuple(prompt.shape) != tuple(model.prompt.shape):
+        raise CheckpointError(f"{parts['prompt']}: expected a tensor of shape {tuple(model.prompt.shape)}")
+    model.prompt = prompt.to(device, dtype)
+    model.dit._rope_tables = None
+    return model.eval(), file
 
 
 def read_recipe_and_calibration(recipe: RecipeLike | None, calibration: CalibrationLike | None,
@@ -78,10 +173,11 @@ def load_checkpoint(
     device: torch.device | str = "cpu", variant: str | None = None, recipe: RecipeLike | None = None,
     calibration: CalibrationLike | None = None, on_plan: Callable[[QuantPlan], None] | None = None,
 ) -> FlashVSR:
-    """Load any checkpoint folder onto ``device``, optionally quantizing it on the fly; the model is in eval mode.
+    """Load any checkpoint onto ``device``, optionally quantizing it on the fly; the model is in eval mode.
 
     Args:
-        path: folder; None means :func:`default_checkpoint`.
+        path: folder, or a ComfyUI-native DiT ``.safetensors`` file (see the module docstring); None means
+            :func:`default_checkpoint`.
         dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
         variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"; None: v1.1, the
             files cannot tell). Folders that record their architecture (a compressed manifest, a config sidecar) use
@@ -106,6 +202,11 @@ def load_checkpoint(
     path = Path(path) if path is not None else default_checkpoint()
     kind = checkpoint_kind(path)
     recipe, calibration = read_recipe_and_calibration(recipe, calibration)
+    if kind == "comfy":
+        if recipe is not None:
+            raise FlashVSRError(f"{path} is a ComfyUI file, quantized as it was written; --recipe applies to "
+                                f"official and flashvsr-q checkpoints")
+        return load_comfy(path, dtype=dtype, device=device, variant=variant or "v1.1")[0]
     if recipe is None:
         model = (load_compressed(path, dtype=dtype, device=device) if kind == "compressed"
                  else load_official(path, variant=variant or "v1.1", dtype=dtype, device=device))

@@ -442,12 +442,136 @@ def quality_main(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# DiT-output SNR of recipes and ComfyUI export formats against the fp32 model (official-size random weights)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def w4a8_convrot_recipe() -> Recipe:
+    """The shipped nf4 recipe with the DiT block linears on ConvRot W4A8 (not shipped: rotation at 4 bits)."""
+    from flashvsr_q.quant.recipes import load_recipe, parse_recipe
+
+    text = load_recipe("nf4").text.replace("scheme: nf4\n    options: {blocksize: 64, double_quant: true}",
+                                           "scheme: w4a8_int8_convrot\n    options: {group_size: 256}")
+    return parse_recipe(text.replace("name: nf4\n", "name: w4a8-int8-convrot\n"), source="nf4 with ConvRot W4A8")
+
+
+def dit_snr(checkpoint: Path, recipes: list[str], formats: list[str], frames: int = 25, size: int = 128,
+            seed: int = 0, progress: Callable[[str], None] = print) -> list[dict]:
+    """SNR (dB) of the DiT output latents (LQ projection included: the whole pipeline up to the decoder) and PSNR of
+    the decoded frames, each model against the fp32 float model, on one random LR clip (``frames`` frames at
+    ``size`` x ``size``: ``frames`` = 25 is the first chunk, each 8 more one more chunk), LCSA sparse attention.
+
+    Recipes are applied with ``quantize_official`` in bf16; ``w8a8-int8-convrot-calibrated`` gets statistics from
+    a clip with another seed. Formats are ComfyUI files written from the fp32 model (``to_comfy``) and run as
+    ComfyUI runs them in bf16 with the official float LQ projection and decoder.
+    """
+    import copy
+    import math
+
+    import torch
+
+    from flashvsr_q.model import load_official
+    from flashvsr_q.model.streaming import SeededNoise, run_clip
+    from flashvsr_q.quant import quantize_official
+    from flashvsr_q.quant.comfy import apply_comfy, from_comfy, to_comfy
+    from flashvsr_q.quant.recipes import load_recipe
+
+    def clip(s: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(s)
+        x = torch.rand(1, 3, frames, size // 8, size // 8, generator=g) * 2 - 1
+        return torch.nn.functional.interpolate(x, size=(frames, size, size), mode="trilinear").clamp(-1, 1)
+
+    def run(model, s: int = seed) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            model.set_attention("sparse")
+            out, lat = run_clip(model, clip(s).to(model.dtype), SeededNoise(0, model.config.latent_channels,
+                                                                            size // 8, size // 8))
+        return out.float(), lat.float()
+
+    def row(name: str, model) -> dict:
+        start = time.perf_counter()
+        out, lat = run(model)
+        snr = 20 * math.log10(float(ref_lat.norm()) / max(float((ref_lat - lat).norm()), 1e-30))
+        mse = float((ref_out.clamp(-1, 1) - out.clamp(-1, 1)).square().mean()) / 4  # frames in [0, 1]
+        result = {"name": name, "latent_snr_db": round(snr, 2),
+                  "frames_psnr_db": round(10 * math.log10(1 / max(mse, 1e-30)), 2),
+                  "seconds": round(time.perf_counter() - start, 1)}
+        progress(json.dumps(result))
+        return result
+
+    reference = load_official(checkpoint, dtype=torch.float32)
+    ref_out, ref_lat = run(reference)
+    rows = [row("bf16 (float model, bf16 compute)", copy.deepcopy(reference).to(torch.bfloat16))]
+    for fmt in formats:
+        stats = None
+        if fmt == "fp8":
+            stats = _absmax_stats(reference, lambda m: run(m, seed + 1))
+        tensors = to_comfy(reference, fmt, calibration=stats)
+        model = copy.deepcopy(reference).to(torch.bfloat16)
+        apply_comfy(model.dit, from_comfy(tensors, config=reference.config), torch.bfloat16, "cpu")
+        model.dit._rope_tables = None
+        rows.append(row(f"comfy-{fmt} file", model))
+        del tensors, model
+    for name in recipes:
+        recipe = w4a8_convrot_recipe() if name == "w4a8-int8-convrot" else load_recipe(name)
+        stats = _absmax_stats(copy.deepcopy(reference).to(torch.bfloat16), lambda m: run(m, seed + 1)) \
+            if recipe.needs_calibration else None
+        model, _ = quantize_official(checkpoint, recipe, dtype=torch.bfloat16, calibration=stats)
+        rows.append(row(name, model))
+        del model
+    return rows
+
+
+def _absmax_stats(model, run_once) -> CalibrationStats:
+    """Per-channel input abs-max of every Linear of ``model`` over one run (a clip with another seed)."""
+    import torch
+
+    from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
+
+    absmax, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            def hook(mod, inputs, output, name=name):
+                a = inputs[0].detach().float().abs().flatten(0, -2).amax(0)
+                absmax[name] = torch.maximum(absmax[name], a) if name in absmax else a
+            hooks.append(module.register_forward_hook(hook))
+    run_once(model)
+    for h in hooks:
+        h.remove()
+    return CalibrationStats({k: LayerCalibration(v) for k, v in absmax.items()}, source_hash="dit-snr:seed+1")
+
+
+def snr_main(argv: list[str]) -> int:
+    """``python tools/quant_measure.py snr ...``: DiT-output SNR of recipes and export formats (JSON lines)."""
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python tools/quant_measure.py snr", description=dit_snr.__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="official-layout folder (float weights)")
+    parser.add_argument("--recipes", default="", help="comma-separated recipes (w4a8-int8-convrot: nf4 with "
+                        "ConvRot W4A8 DiT linears, not shipped)")
+    parser.add_argument("--formats", default="", help="comma-separated ComfyUI formats: int8-convrot,int8,fp8,bf16")
+    parser.add_argument("--frames", type=int, default=25, help="25: one chunk; +8 per further chunk")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split = lambda v: [x for x in v.split(",") if x]  # noqa: E731
+    dit_snr(args.checkpoint, split(args.recipes), split(args.formats), args.frames, args.size,
+            progress=lambda line: print(line, flush=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["quality"]:
         return quality_main(argv[1:])
+    if argv[:1] == ["snr"]:
+        return snr_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="python tools/quant_measure.py quality --help: the quality table")
+                                     epilog="python tools/quant_measure.py quality --help: the quality table; "
+                                     "python tools/quant_measure.py snr --help: DiT-output SNR")
     parser.add_argument("--checkpoint", type=Path, help="official-layout folder")
     parser.add_argument("--out", type=Path, help="scratch folder for the compressed checkpoints")
     parser.add_argument("--sqnr", action="store_true", help="only print the per-layer SQNR of every scheme")

@@ -210,7 +210,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 @command("inspect", "what a checkpoint folder holds: schemes per layer, sizes, hashes, versions")
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="official-layout or compressed checkpoint folder")
+    parser.add_argument("checkpoint", help="official-layout or compressed checkpoint folder, or a ComfyUI-native DiT "
+                        ".safetensors file")
     parser.add_argument("--no-hash", action="store_true", help="skip SHA-256 (sizes are still checked)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -222,6 +223,38 @@ def run_inspect(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: {', '.join(bad)} failed verification", file=sys.stderr)
         return 1
+    return 0
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+
+@command("export", "write a DiT file that ComfyUI and the FlashVSR nodes load (int8 ConvRot, int8, fp8, bf16), with a "
+         "model card")
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="official-layout folder or flashvsr-q compressed checkpoint")
+    parser.add_argument("--format", required=True, choices=("comfy-int8-convrot", "comfy-int8", "comfy-fp8", "bf16",
+                                                            "fp8-official"),
+                        help="comfy-int8-convrot: ComfyUI INT8 ConvRot (W8A8); comfy-int8: int8 weight-only; "
+                        "comfy-fp8: fp8 e4m3 with calibrated input scales; bf16: same keys in bf16 (DiffSynth-based "
+                        "nodes); fp8-official: the legacy scaled_fp8 official-layout folder")
+    parser.add_argument("-o", "--output", required=True, help="the .safetensors file to write (a folder for "
+                        "fp8-official); the model card goes beside it as <name>.md")
+    parser.add_argument("--prefix", action="store_true", help="prefix every key with model.diffusion_model. "
+                        "(ComfyUI reads both; the DiffSynth-based nodes need no prefix)")
+    parser.add_argument("--calibration", default=None, help="activation statistics from `flashvsr-q calibrate` "
+                        "(comfy-fp8's input scales; calibrated recipes)")
+    parser.add_argument("--recipe", default=None, help="quantize an official folder with this recipe first, e.g. "
+                        "w8a8-int8-convrot-calibrated with --calibration (calibrated int8 ConvRot scales)")
+    parser.add_argument("--variant", default="v1.1", choices=("v1", "v1.1"), help="LQ projection of official "
+                        "weights (the files cannot tell)")
+    parser.add_argument("--no-measure", dest="measure", action="store_false", help="skip the quality check that "
+                        "goes into the model card (one DiT step of the file against its source)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export and its card")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    print(tasks.export.export(options(tasks.export.ExportOptions, args)).describe())
     return 0
 
 

@@ -1,8 +1,9 @@
-"""``flashvsr-q inspect``: what a checkpoint folder holds (official or compressed), as a dict and as text.
+"""``flashvsr-q inspect``: what a checkpoint holds (official, compressed or a ComfyUI DiT file), as a dict and text.
 
 For a compressed checkpoint: recipe, schemes per layer (grouped compactly), size of every part next to its bf16
 size, SHA-256 of every file (verified), the library versions that wrote it and the calibration hash. For an
-official folder: files, dtypes, parameters per part, sizes and SHA-256.
+official folder: files, dtypes, parameters per part, sizes and SHA-256. For a ComfyUI-native DiT file: its format
+(per layer), prefix, and the official parts that go with it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from flashvsr_q.checkpoints import checkpoint_kind
+from flashvsr_q.checkpoints import checkpoint_kind, comfy_companions, comfy_dit_file
 from flashvsr_q.errors import CheckpointError
-from flashvsr_q.model import OFFICIAL_FILES, FlashVSR, FlashVSRConfig, infer_config
+from flashvsr_q.model import OFFICIAL_FILES, PRESETS, FlashVSR, FlashVSRConfig, infer_config
 from flashvsr_q.quant.checkpoint import read_manifest, sha256_file
+from flashvsr_q.quant.comfy import read_comfy
 from flashvsr_q.quant.recipes import compact_names, model_layers
 
 GB = 1e9
@@ -69,7 +71,40 @@ def inspect_checkpoint(path: str | os.PathLike, *, hashes: bool = True) -> dict:
     kind = checkpoint_kind(path)
     if kind == "compressed":
         return _inspect_compressed(path, hashes)
+    if kind == "comfy":
+        return _inspect_comfy(path, hashes)
     return _inspect_official(path, hashes)
+
+
+def _inspect_comfy(path: Path, hashes: bool) -> dict:
+    """A ComfyUI-native DiT file and the official parts that go with it (read, not run)."""
+    dit_file = comfy_dit_file(path)
+    config, parts = comfy_companions(path)
+    file = read_comfy(dit_file, config)
+    config = config or PRESETS["flashvsr-v1.1"]
+    part_params = _part_params(config)
+    files = [{"file": str(dit_file), "part": "dit", "bytes": dit_file.stat().st_size,
+              "bf16_bytes": 2 * part_params["dit"], "sha256": sha256_file(dit_file) if hashes else None,
+              "status": "ok"}]
+    for part, file_path in parts.items():
+        files.append({"file": str(file_path), "part": part, "bytes": file_path.stat().st_size,
+                      "bf16_bytes": 2 * part_params[part], "dtypes": _dtypes(file_path, part),
+                      "sha256": sha256_file(file_path) if hashes else None, "status": "ok"})
+    labels = {name: label for name, label in ((n, _comfy_label(layer)) for n, layer in file.layers.items())}
+    with torch.device("meta"):
+        params = {k: v[2] for k, v in model_layers(FlashVSR(config).dit).items()}
+    return {"kind": "comfy", "path": str(path), "model": config.name, "num_layers": config.num_layers,
+            "comfy_format": file.format, "prefixed": file.prefixed, "description": file.describe(),
+            "groups": _group_layers({n: labels.get(n, "float") for n in params}, params),
+            "files": files, "total_bytes": sum(f["bytes"] for f in files),
+            "bf16_bytes": sum(f["bf16_bytes"] for f in files)}
+
+
+def _comfy_label(layer) -> str:
+    if layer.format == "int8_tensorwise":
+        kind = f"convrot {layer.group}" if layer.group else ("weight-only" if layer.weight_only else "W8A8")
+        return f"int8_tensorwise ({kind})"
+    return layer.format + (" + input_scale" if layer.input_scale is not None else "")
 
 
 def _inspect_compressed(path: Path, hashes: bool) -> dict:
@@ -137,7 +172,11 @@ def format_inspection(info: dict) -> str:
         lines.append(f"  recipe {info['recipe']} (sha256 {str(info['recipe_sha256'])[:16]}...)"
                      f"; calibration: {info['calibration_sha256'] or 'none'}")
         lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-        lines.append("  schemes:")
+    if info["kind"] == "comfy":
+        lines.append(f"  {info['description']}")
+        lines.append("  runs as ComfyUI runs it; the LQ projection, decoder and prompt are the official files below")
+    if info["kind"] in ("compressed", "comfy"):
+        lines.append("  schemes:" if info["kind"] == "compressed" else "  DiT layers (comfy_quant format):")
         width = max(len(g["scheme"]) for g in info["groups"])
         for group in info["groups"]:
             lines.append(f"    {group['scheme']:<{width}}  {group['layers']:4d} layers  {group['params'] / 1e6:9.2f} M "
