@@ -75,6 +75,40 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="video file, image, folder of images, or folder of videos (batch)")
     parser.add_argument("-o", "--output", required=True,
                         help="output of the same kind: video file (.mp4/.mkv/.mov), image, or folder")
+    add_upscale_settings(parser)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model, "
+                        "options)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--dry-run", action="store_true", help="run every check, load the model and print the "
+                        "pre-flight report (tiling, estimated peak memory) on stdout, then stop")
+    parser.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as JSON on "
+                        "stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or pre-flight report")
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    log = quiet if args.quiet else stderr
+    task = options(tasks.upscale.UpscaleOptions, args, audio=not args.no_audio,
+                   show_progress=not (args.quiet or args.json))
+    if args.dry_run:
+        reports = tasks.upscale.preflight(task, log=log)
+        print(json.dumps([r.to_dict() for r in reports], indent=1) if args.json
+              else "\n\n".join(r.describe() for r in reports) or f"{args.output}: already complete, nothing to do")
+        return 0
+    result = tasks.upscale.upscale(task, log=log)
+    summaries = [] if result is None else result if isinstance(result, list) else [result]
+    if args.json:
+        print(tasks.upscale.summaries_json(summaries) if summaries else "[]")
+    else:
+        for summary in summaries:
+            print(summary.describe())
+        if not summaries:
+            print(f"{args.output}: already complete, nothing to do")
+    return 0
+
+
+def add_upscale_settings(parser: argparse.ArgumentParser) -> None:
+    """The flags of how a video is upscaled (model, tiling, attention, encoder, segments): `upscale` and `batch`."""
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder (default: $FLASHVSR_Q_CHECKPOINT or the shipped small model)")
     parser.add_argument("--recipe", default=None, help="quantize while loading with this recipe: a shipped name "
@@ -106,35 +140,44 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-audio", action="store_true", help="do not copy audio and subtitle streams")
     parser.add_argument("--segment-frames", type=int, default=480,
                         help="output frames per segment and resume snapshot (default 480)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model, "
-                        "options)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--dry-run", action="store_true", help="run every check, load the model and print the "
-                        "pre-flight report (tiling, estimated peak memory) on stdout, then stop")
-    parser.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as JSON on "
-                        "stdout")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or pre-flight report")
+
+# --- batch -------------------------------------------------------------------------------------------------------
 
 
-def run_upscale(args: argparse.Namespace) -> int:
-    log = quiet if args.quiet else stderr
-    task = options(tasks.upscale.UpscaleOptions, args, audio=not args.no_audio,
-                   show_progress=not (args.quiet or args.json))
-    if args.dry_run:
-        reports = tasks.upscale.preflight(task, log=log)
-        print(json.dumps([r.to_dict() for r in reports], indent=1) if args.json
-              else "\n\n".join(r.describe() for r in reports) or f"{args.output}: already complete, nothing to do")
-        return 0
-    result = tasks.upscale.upscale(task, log=log)
-    summaries = [] if result is None else result if isinstance(result, list) else [result]
+@command("batch", "upscale a video library on Ray: one video per task, one FlashVSR actor per GPU (or CPU workers), "
+         "local or on a cluster; resumable, with a summary")
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, folders of videos, or .txt/.csv "
+                        "lists of paths (one per line; relative to the list)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder: one video per "
+                        "input (same name), batch-summary.json and batch-summary.md")
+    add_upscale_settings(parser)
+    parser.add_argument("--workers", type=int, default=None, help="actors in the pool (default: one per GPU of the "
+                        "Ray cluster; 1 CPU worker without GPUs, CPU workers share the CPUs)")
+    parser.add_argument("--address", default=None, help="join a running Ray cluster: auto (this machine is a node) "
+                        "or ray://HOST:PORT (default: start a local Ray for this run)")
+    parser.add_argument("--retries", type=int, default=2, help="times a video is retried when its worker process "
+                        "dies; each retry resumes from the last committed segment (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs that the batch summary "
+                        "does not record as finished with these options (finished ones are always skipped)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout instead of the "
+                        "table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    batch = tasks.batch  # Ray is the optional [batch] extra: a missing Ray is a one-line error here
+    template = options(tasks.upscale.UpscaleOptions, args, input="", output=None, audio=not args.no_audio,
+                       show_progress=False)
+    result = batch.batch(options(batch.BatchOptions, args, upscale=template, show_progress=not args.quiet),
+                         log=quiet if args.quiet else stderr)
     if args.json:
-        print(tasks.upscale.summaries_json(summaries) if summaries else "[]")
+        print(json.dumps([dataclasses.asdict(row) for row in result.rows], indent=1))
     else:
-        for summary in summaries:
-            print(summary.describe())
-        if not summaries:
-            print(f"{args.output}: already complete, nothing to do")
-    return 0
+        print(result.markdown(), end="")
+        counts = ", ".join(f"{n} {status}" for status, n in result.counts().items())
+        print(f"{counts} in {result.seconds:.1f} s; summary: {result.summary}")
+    return 0 if result.ok else 1
 
 
 # --- bench -------------------------------------------------------------------------------------------------------

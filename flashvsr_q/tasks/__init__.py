@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-USE_CASES = ("bench", "calibrate", "degrade", "demo", "evaluate", "export", "fetch", "inspect", "qat", "quantize",
-             "train", "upscale")
+USE_CASES = ("batch", "bench", "calibrate", "degrade", "demo", "evaluate", "export", "fetch", "inspect", "qat",
+             "quantize", "train", "upscale")
 __all__ = list(USE_CASES)
 
 
