@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -60,3 +61,31 @@ def staging_dir(target: str | os.PathLike, prefix: str | None = None) -> Path:
     os.umask(umask)
     folder.chmod(0o777 & ~umask)
     return folder
+
+
+OWNED_MARKER = ".flashvsr-q"  # hidden file inside an output folder this tool wrote: --overwrite may replace it
+
+
+def mark_owned(folder: str | os.PathLike, what: str) -> None:
+    """Leave :data:`OWNED_MARKER` in a staged output folder (before it is renamed into place), so that a later
+    ``--overwrite`` recognises the folder as one this tool wrote. ``what`` says what wrote it."""
+    write_text(Path(folder) / OWNED_MARKER, f"written by flashvsr-q: {what}\n")
+
+
+def is_owned(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` carries :data:`OWNED_MARKER`."""
+    return (Path(folder) / OWNED_MARKER).is_file()
+
+
+def swap_in(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Rename the complete folder ``staged`` onto ``target``; an existing ``target`` is moved aside first and deleted
+    only once the new one is in place (a crash in between leaves it as ``.NAME.old-PID`` beside it, not lost)."""
+    staged, target = Path(staged), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+    os.rename(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -93,8 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """For an interrupted ``upscale``: the command that continues it (its segments and state stay on disk)."""
+    if args.command != "upscale":
+        return ""
+    argv = [a for a in args.argv if a != "--resume"]
+    return f"; the finished segments are kept, continue with: {shlex.join(['flashvsr-q', *argv, '--resume'])}"
 
 
 if __name__ == "__main__":

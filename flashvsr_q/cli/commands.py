@@ -78,7 +78,10 @@ def add_upscale_arguments(parser: argparse.ArgumentParser) -> None:
     add_upscale_settings(parser)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model, "
                         "options)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (only one that "
+                        "flashvsr-q wrote; never an input or a folder holding one)")
+    parser.add_argument("--allow-truncated", action="store_true", help="upscale a video whose container promises "
+                        "more frames than it holds (what is there; the summary says so) instead of stopping")
     parser.add_argument("--dry-run", action="store_true", help="run every check, load the model and print the "
                         "pre-flight report (tiling, estimated peak memory) on stdout, then stop")
     parser.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as JSON on "

@@ -48,11 +48,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists every device type it knows; ours says what works
+        raise BackendUnavailable(f"device {device!r} is not supported; use cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailable("CUDA is not available here (no GPU or a CPU-only torch); use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise BackendUnavailable(f"device {device} is not supported; use cpu or cuda")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BackendUnavailable(f"device {device} does not exist: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s), cuda:0 ..")
     return device
 
 

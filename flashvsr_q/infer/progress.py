@@ -53,6 +53,7 @@ class Summary:
     color_fix: str = "adain"
     resumed_from_frame: int = 0
     oom_retries: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. a truncated input)
 
     @property
     def fps(self) -> float:
@@ -69,6 +70,7 @@ class Summary:
                    f"{format_bytes(self.peak_reserved)} reserved (estimated {format_bytes(self.estimated_peak)})")
         resumed = f" (resumed at frame {self.resumed_from_frame})" if self.resumed_from_frame else ""
         retries = "".join(f"\n  out of memory: {r}" for r in self.oom_retries)
+        retries += "".join(f"\n  note: {n}" for n in self.notes)
         return (f"{self.output}: {self.frames} frames {self.input_size[0]}x{self.input_size[1]} -> "
                 f"{self.output_size[0]}x{self.output_size[1]} in {self.seconds:.1f} s ({self.fps:.2f} fps){resumed}\n"
                 f"  model {self.model} {self.dtype} on {self.device}, attention {self.backend}, tiling {self.tiling}"

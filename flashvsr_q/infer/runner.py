@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import mark_owned, swap_in
 from flashvsr_q.infer.checks import Log, Preflight, log_stderr
 from flashvsr_q.infer.memory import (
     MemoryPlan,
@@ -31,7 +32,6 @@ from flashvsr_q.infer.memory import (
     peak_device_memory,
 )
 from flashvsr_q.infer.pipeline import (
-    Cancelled,
     ChunkRunner,
     LRFrames,
     TiledStreams,
@@ -116,10 +116,9 @@ class _ImageFolderSink:
         pass
 
     def finalize(self) -> None:
-        out = self.job.output
-        if out.exists():
-            shutil.rmtree(out)
-        (self.job.work_dir / "frames").rename(out)
+        frames = self.job.work_dir / "frames"
+        mark_owned(frames, f"upscaled from {self.job.source.path.name}")  # so that --overwrite may replace it
+        swap_in(frames, self.job.output)  # an older output is deleted only once the new one is in place
         shutil.rmtree(self.job.work_dir, ignore_errors=True)
 
     def abort(self) -> None:
@@ -163,8 +162,9 @@ def _memory_plan_from(data: dict, model: FlashVSR, geometry: Geometry, settings:
 
 
 def _plan_dict(mp: MemoryPlan) -> dict:
+    # the CPU thread count shapes float reductions: a resumed run uses the interrupted run's (see run_job)
     return {"tiles": mp.plan.to_dict(), "offload": mp.offload, "canvas_on_device": mp.canvas_on_device,
-            "budget": mp.budget}
+            "budget": mp.budget, "threads": torch.get_num_threads()}
 
 
 def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str = "auto", vram: int | None = None,
@@ -204,9 +204,7 @@ def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str =
             break
         except Exception as exc:
             if not is_oom(exc):
-                if isinstance(exc, FlashVSRError) and not isinstance(exc, Cancelled) and work is not None:
-                    shutil.rmtree(work, ignore_errors=True)  # bad input mid-run: nothing to resume
-                raise
+                raise  # the work folder stays: a full disk or a bad frame mid-run loses no committed segment
             smaller = smaller_plan(model, geometry, mp, budget, settings)
             summary.oom_retries.append(f"{mp.plan.describe()} -> {smaller.plan.describe()}")
             log(f"out of device memory with {mp.plan.describe()}; retrying from the start with "
@@ -234,6 +232,10 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
     if manifest is not None and manifest.progress.get("state"):
         states, extra = load_states(work / STATE_NAME, model.device)
         chunk, lr_pos, start_frame = extra["chunks"], extra["lr_position"], extra["frames"]
+        if start_frame >= source.num_frames:  # killed after the last segment, while remuxing or renaming
+            summary.resumed_from_frame = start_frame
+            sink.finalize()
+            return
     elif work is not None:
         manifest = Manifest.create(work, fp, _plan_dict(mp))
     engine = TiledStreams(model, geometry, mp, settings, states)
@@ -251,6 +253,9 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
     bar = ProgressBar(source.path.name, n, enabled=show_progress)
     bar.update(start_frame, n, since=start_frame)
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if manifest is not None:  # the thread count changes CPU float reductions: continue with the recorded one
+        torch.set_num_threads(manifest.plan.get("threads", threads))
     try:
         for result in runner:
             segment = result.index // cps
@@ -271,5 +276,6 @@ def _run(model, job, geometry, settings, mp, manifest, fp, encoder, audio, cps, 
         sink.abort()
         raise
     finally:
+        torch.set_num_threads(threads)
         bar.close()
     summary.seconds = time.perf_counter() - t0

@@ -79,8 +79,9 @@ class TileSpec:
 def parse_tile(text: str, scale: int = 4) -> TileSpec:
     """``off`` | ``auto`` | ``SIZE`` | ``SIZExOVERLAP`` in LR pixels (e.g. ``192x24``), rounded to the 128-px grid.
 
-    The tile side becomes ``round(SIZE * scale / 128) * 128`` output px (at least 256) and the overlap the nearest
-    multiple of 128 (at least 128 unless 0 was asked for, at most half the tile).
+    The tile side becomes ``round(SIZE * scale / 128) * 128`` output px and the overlap the nearest multiple of 128
+    (at least 128 unless 0 was asked for). A tile under 256 output px or an overlap over half the tile is an error
+    (raised as ValueError), not silently changed.
     """
     text = text.strip().lower()
     if text in ("off", "auto"):
@@ -90,9 +91,15 @@ def parse_tile(text: str, scale: int = 4) -> TileSpec:
         raise ValueError(f"--tile takes auto, off, SIZE or SIZExOVERLAP in input pixels (e.g. 192x24), got {text!r}")
     size_lr = int(match.group(1))
     overlap_lr = int(match.group(2)) if match.group(2) is not None else DEFAULT_OVERLAP_LR
-    size = max(2 * GRID, round(size_lr * scale / GRID) * GRID)
+    size = round(size_lr * scale / GRID) * GRID
     overlap = 0 if overlap_lr == 0 else max(GRID, round(overlap_lr * scale / GRID) * GRID)
-    return TileSpec("manual", size, min(overlap, size // 2 // GRID * GRID))
+    if size < 2 * GRID:
+        raise ValueError(f"--tile {text}: a tile is at least {2 * GRID} output px, i.e. {-(-3 * GRID // 2 // scale)} "
+                         f"input px at x{scale}")
+    if overlap > size // 2:
+        raise ValueError(f"--tile {text}: the overlap ({overlap} output px) must be at most half the tile "
+                         f"({size} output px); e.g. --tile {size_lr}x{size // 2 // GRID * GRID // scale}")
+    return TileSpec("manual", size, overlap)
 
 
 # ---------------------------------------------------------------------------------------------------------------

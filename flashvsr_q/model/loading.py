@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,8 +77,26 @@ def torch_file(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # zip/pickle errors come in many types; all mean "not a valid checkpoint"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({load_failure(exc)})") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def load_failure(exc: BaseException) -> str:
+    """One plain sentence for a failed ``torch.load``: no terminal colour codes, and for a pickle that wants to
+    run code, what it asked for (torch's first line would advise ``weights_only=False``, which is never safe here).
+    """
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Weights only load failed"):
+        detail = next((line for line in lines[1:] if "GLOBAL" in line or "Unsupported" in line
+                       or "WeightsUnpickler" in line), None)
+        detail = detail.removeprefix("WeightsUnpickler error:").strip().rstrip(".") if detail else None
+        return ("it holds pickled Python objects, not only tensors, and was refused without running them"
+                + (f": {detail}" if detail else ""))
+    return lines[0]
 
 
 def infer_config(directory: str | os.PathLike, variant: str = "v1.1") -> FlashVSRConfig:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.checkpoints import CalibrationLike, RecipeLike, checkpoint_kind, default_checkpoint
-from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.model import FlashVSR, infer_config, load_official
+from flashvsr_q.errors import CheckpointError, FlashVSRError
+from flashvsr_q.files import is_owned
+from flashvsr_q.model import OFFICIAL_FILES, FlashVSR, infer_config, load_official
 from flashvsr_q.quant import (
     CalibrationStats,
     QuantPlan,
@@ -30,7 +32,9 @@ from flashvsr_q.quant import (
     resolve_plan,
     save_compressed,
 )
+from flashvsr_q.quant.checkpoint import read_manifest
 from flashvsr_q.quant.export import export_fp8_official
+from flashvsr_q.tasks.outputs import RunLock, check_output
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
@@ -95,8 +99,8 @@ def quantize(options: QuantizeOptions, on_plan: Callable[[QuantPlan], None] | No
     dtype = DTYPES[o.dtype]
     source = Path(o.checkpoint) if o.checkpoint else default_checkpoint()
     output = Path(o.output)
-    if output.exists() and not o.overwrite:
-        raise FlashVSRError(f"{output} already exists; choose another folder or pass --overwrite")
+    reads = [source] + [p for p in (o.calibration, o.recipe) if isinstance(p, (str, Path)) and Path(p).exists()]
+    check_output(output, inputs=reads, overwrite=o.overwrite, owned=written_checkpoint, kind="folder")
     if checkpoint_kind(source) != "official":
         raise FlashVSRError(f"{source} is already a compressed checkpoint; quantize the original (official-layout) "
                             f"weights")
@@ -107,8 +111,10 @@ def quantize(options: QuantizeOptions, on_plan: Callable[[QuantPlan], None] | No
             return None
         with torch.device("meta"):
             config = infer_config(source, o.variant)
-        export_fp8_official(load_official(source, config, variant=o.variant, dtype=dtype), output,
-                            overwrite=o.overwrite)
+        with RunLock(output):
+            check_output(output, inputs=reads, overwrite=o.overwrite, owned=written_checkpoint, kind="folder")
+            export_fp8_official(load_official(source, config, variant=o.variant, dtype=dtype), output,
+                                overwrite=o.overwrite)
         return QuantizeResult(output, None, _folder_bytes(output))
 
     recipe = o.recipe if isinstance(o.recipe, Recipe) else load_recipe(o.recipe)
@@ -122,11 +128,31 @@ def quantize(options: QuantizeOptions, on_plan: Callable[[QuantPlan], None] | No
         on_plan(plan)
     if o.dry_run:
         return None
-    model, plan = quantize_official(source, plan, dtype=dtype, device=o.device, calibration=calibration,
-                                    variant=o.variant, progress=progress)
-    save_compressed(model, output, recipe, plan, calibration.fingerprint() if calibration else None,
-                    overwrite=o.overwrite)
+    with RunLock(output):  # one writer per output folder; re-checked now that no other run can change it
+        check_output(output, inputs=reads, overwrite=o.overwrite, owned=written_checkpoint, kind="folder")
+        model, plan = quantize_official(source, plan, dtype=dtype, device=o.device, calibration=calibration,
+                                        variant=o.variant, progress=progress)
+        save_compressed(model, output, recipe, plan, calibration.fingerprint() if calibration else None,
+                        overwrite=o.overwrite)
     return QuantizeResult(output, plan, _folder_bytes(output))
+
+
+def written_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint this tool wrote (so ``--overwrite`` may replace it): a compressed one (its
+    manifest), an fp8-official export (the marker in its DiT file's metadata) or one carrying the owned marker."""
+    if is_owned(folder):
+        return True
+    try:
+        read_manifest(folder)  # a flashvsr-q manifest, not any manifest.json
+        return True
+    except CheckpointError:
+        pass
+    dit = folder / OFFICIAL_FILES["dit"]
+    try:
+        with safe_open(str(dit), "pt") as f:
+            return "flashvsr_q" in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        return False
 
 
 def _folder_bytes(folder: Path) -> int:

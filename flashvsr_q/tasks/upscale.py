@@ -19,7 +19,8 @@ then the model. The jobs then run through ``flashvsr_q.infer.run_job``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +33,14 @@ from flashvsr_q.infer.checks import Log, Preflight, log_stderr, resolve_device, 
 from flashvsr_q.infer.memory import device_budget, format_bytes, module_bytes, parse_bytes
 from flashvsr_q.infer.pipeline import UpscaleSettings, plan_memory
 from flashvsr_q.infer.progress import Summary, summaries_json
+from flashvsr_q.infer.resume import MANIFEST_NAME
 from flashvsr_q.infer.runner import DEFAULT_SEGMENT_FRAMES, Job, run_job
 from flashvsr_q.infer.tiling import Geometry, parse_tile
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.quant import QuantPlan
+from flashvsr_q.tasks.outputs import OutputClash, RunLock, check_output, check_paths, owned_marker
 from flashvsr_q.video.segments import OUTPUT_FORMATS, EncoderSettings
-from flashvsr_q.video.sources import IMAGE_EXTENSIONS, list_images, list_videos, open_source
+from flashvsr_q.video.sources import IMAGE_EXTENSIONS, FrameSource, list_images, list_videos, open_source
 
 __all__ = ["UpscaleOptions", "load_model", "plan_jobs", "preflight", "prepare", "summaries_json", "upscale"]
 
@@ -65,8 +68,11 @@ class UpscaleOptions:
             (default cuda when available).
         codec, crf, preset, pix_fmt: video encoder settings. audio: copy audio and subtitle streams.
         resume: continue an interrupted run from its manifest (refused if input, model or options changed).
-        overwrite: replace an existing output (or an interrupted run's work folder).
-        segment_frames: output frames per segment / resume snapshot.
+        overwrite: replace an existing output (or an interrupted run's work folder); only outputs this tool wrote
+            are replaced, never an input or a folder holding one (``flashvsr_q.tasks.outputs``).
+        segment_frames: output frames per segment / resume snapshot (>= 1).
+        allow_truncated: upscale a video whose container promises more frames than its stream holds (what is
+            there), and say so in the summary; without it such an input is an error.
         show_progress: a progress bar on stderr.
     """
 
@@ -93,6 +99,7 @@ class UpscaleOptions:
     resume: bool = False
     overwrite: bool = False
     segment_frames: int = DEFAULT_SEGMENT_FRAMES
+    allow_truncated: bool = False
     show_progress: bool = True
 
 
@@ -101,30 +108,39 @@ class UpscaleOptions:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_output(path: Path, kind: str, input_path: Path, resume: bool, overwrite: bool) -> bool:
-    """Validate an output path; returns False when ``resume`` finds it already complete (skip it)."""
-    if path.resolve() == input_path.resolve():
-        raise FlashVSRError(f"{path}: the output would replace the input")
+def _check_output(path: Path, kind: str, inputs: list, resume: bool, overwrite: bool) -> bool:
+    """Validate an output path; returns False when ``resume`` finds it already complete (skip it).
+
+    ``inputs``: every path the run reads (the input, the checkpoint, statistics, recipe); the output and its work
+    folder ``OUT.parts`` may not overlap any of them (``flashvsr_q.tasks.outputs``).
+    """
     if kind == "video" and path.suffix.lower() not in OUTPUT_FORMATS:
         raise FlashVSRError(f"{path}: a video output needs one of {', '.join(OUTPUT_FORMATS)}")
     if kind == "image" and path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise FlashVSRError(f"{path}: an image output needs one of {', '.join(IMAGE_EXTENSIONS)}")
+    check_paths(path, inputs)
+    work = path.with_name(path.name + ".parts")
+    if kind != "image":
+        check_paths(work, inputs, what="work folder")
+        if work.exists() and not (work / MANIFEST_NAME).is_file() and not (work / "writer.json").is_file():
+            raise OutputClash(f"{work}: the work folder name is taken by something flashvsr-q did not write; move "
+                              "it away")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FlashVSRError(f"{path}: the folder {parent} does not exist")
     if not _writable(parent):
         raise FlashVSRError(f"{path}: the folder {parent} is not writable")
-    if path.exists():
+    if path.exists() and not overwrite and resume:
         if kind != "image_folder" and path.is_dir():
             raise FlashVSRError(f"{path}: is a folder, expected a file name")
-        if kind == "image_folder" and not path.is_dir():
-            raise FlashVSRError(f"{path}: is a file, expected a folder for the upscaled images")
-        if overwrite:
-            return True
-        work = path.with_name(path.name + ".parts")
-        if resume and not work.exists():
-            return False  # finished by an earlier run
-        raise FlashVSRError(f"{path} already exists; use --overwrite to replace it")
+        if work.exists():
+            # a run killed after its output was renamed into place, before its work folder was removed
+            raise OutputClash(f"{path} already exists and {work} is left from a run; use --overwrite to replace "
+                              f"the output, or delete {work}")
+        return False  # finished by an earlier run
+    # an image folder is ours if it holds the marker that the runner leaves in the folders it writes
+    check_output(path, inputs=inputs, overwrite=overwrite, kind="folder" if kind == "image_folder" else "file",
+                 owned=owned_marker)
     return True
 
 
@@ -143,11 +159,18 @@ def is_batch(input_path: Path) -> bool:
     return input_path.is_dir() and not list_images(input_path)
 
 
-def plan_jobs(input_path: Path, output: Path, *, resume: bool = False, overwrite: bool = False) -> list[Job]:
-    """Open every input and check every output before anything is written (errors are FlashVSRError)."""
+def plan_jobs(input_path: Path, output: Path, *, resume: bool = False, overwrite: bool = False,
+              reads: Sequence[str | Path | None] = (), allow_truncated: bool = False) -> list[Job]:
+    """Open every input and check every output before anything is written (errors are FlashVSRError).
+
+    ``reads``: the other paths the run reads (checkpoint, statistics, recipe file): no output may overlap them.
+    ``allow_truncated``: accept videos whose container promises more frames than they hold (see
+    :func:`check_truncated`).
+    """
     if not input_path.exists():
         raise FlashVSRError(f"{input_path}: no such file or folder")
     if is_batch(input_path):
+        check_paths(output, [input_path, *reads])
         videos = list_videos(input_path)
         if not videos:
             raise FlashVSRError(f"{input_path}: the folder holds no images and no videos")
@@ -158,19 +181,36 @@ def plan_jobs(input_path: Path, output: Path, *, resume: bool = False, overwrite
         jobs = []
         for video in videos:
             target = output / (video.name if video.suffix.lower() in BATCH_SUFFIXES else video.stem + ".mp4")
-            source = open_source(video)
-            if output.is_dir() and not _check_output(target, "video", video, resume, overwrite):
+            source = check_truncated(open_source(video), allow_truncated)
+            if output.is_dir() and not _check_output(target, "video", [video, *reads], resume, overwrite):
                 continue
             jobs.append(Job(source, target, "video"))
         if not output.exists():
             if not _writable(output.parent):
                 raise FlashVSRError(f"{output}: the folder {output.parent} is not writable")
         return jobs
-    source = open_source(input_path)
+    source = check_truncated(open_source(input_path), allow_truncated)
     kind = source.kind
-    if not _check_output(output, kind, input_path, resume, overwrite):
+    if not _check_output(output, kind, [input_path, *reads], resume, overwrite):
         return []
     return [Job(source, output, kind)]
+
+
+def check_truncated(source: FrameSource, allow: bool) -> FrameSource:
+    """Refuse a video whose container promises more frames than its stream holds (a cut-off download or copy),
+    unless ``allow``: then it is upscaled as it is and the summary says so."""
+    if source.declared_frames is not None and source.num_frames < source.declared_frames and not allow:
+        raise FlashVSRError(f"{source.path}: truncated: the container promises {source.declared_frames} frames but "
+                            f"the stream holds {source.num_frames}; use --allow-truncated to upscale those "
+                            f"{source.num_frames}")
+    return source
+
+
+def truncation_note(source: FrameSource) -> str | None:
+    """The summary's line for a truncated input (None if it is complete)."""
+    if source.declared_frames is None or source.num_frames >= source.declared_frames:
+        return None
+    return f"input truncated: {source.num_frames} of the {source.declared_frames} frames its container promises"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,6 +261,37 @@ class Prepared:
         return Preflight.of(job.source, job.output if self.outputs_checked else None, geometry, memory, self.model)
 
 
+def check_options(o: UpscaleOptions, model: FlashVSR | None = None) -> tuple[UpscaleSettings, int | None,
+                                                                             EncoderSettings]:
+    """The checks of the options alone (no file is opened): (settings, device memory budget, encoder settings).
+
+    Raises FlashVSRError, one line naming the option, for each bad value.
+    """
+    settings = UpscaleSettings(o.scale, o.color_fix, o.seed, o.lcsa or LCSASettings())
+    if isinstance(o.segment_frames, bool) or not isinstance(o.segment_frames, int) or o.segment_frames < 1:
+        raise FlashVSRError(f"--segment-frames must be a whole number of frames >= 1 (rounded to chunks of 8), got "
+                            f"{o.segment_frames!r}")
+    try:
+        parse_tile(o.tile, o.scale)
+        budget = parse_bytes(o.vram) if o.vram is not None else None
+    except ValueError as exc:
+        raise FlashVSRError(str(exc)) from None
+    if budget is not None and budget <= 0:
+        raise FlashVSRError(f"--vram must be a positive memory size such as 8GB, got {o.vram!r}; leave it out to "
+                            "use the free device memory")
+    if model is None:
+        resolve_device(o.device)
+    encoder = EncoderSettings(o.codec, o.crf, o.preset, o.pix_fmt)
+    encoder.check()
+    return settings, budget, encoder
+
+
+def _reads(o: UpscaleOptions) -> list[Path]:
+    """The paths besides the input that a run reads (no output may overlap them)."""
+    given = [o.checkpoint, o.calibration, o.recipe]
+    return [Path(p) for p in given if isinstance(p, (str, Path)) and Path(p).exists()]
+
+
 def prepare(options: UpscaleOptions, model: FlashVSR | None = None, log: Log = log_stderr) -> Prepared:
     """The checks of :func:`upscale` in order (options, inputs and outputs, recipe and statistics, then the model).
 
@@ -228,17 +299,11 @@ def prepare(options: UpscaleOptions, model: FlashVSR | None = None, log: Log = l
     calibration and dtype must be unset.
     """
     o = options
-    settings = UpscaleSettings(o.scale, o.color_fix, o.seed, o.lcsa or LCSASettings())
-    try:
-        parse_tile(o.tile, o.scale)
-        budget = parse_bytes(o.vram) if o.vram is not None else None
-    except ValueError as exc:
-        raise FlashVSRError(str(exc)) from None
-    encoder = EncoderSettings(o.codec, o.crf, o.preset, o.pix_fmt)
-    encoder.check()
+    settings, budget, encoder = check_options(o, model)
     input = Path(o.input)
     if o.output is not None:
-        jobs = plan_jobs(input, Path(o.output), resume=o.resume, overwrite=o.overwrite)
+        jobs = plan_jobs(input, Path(o.output), resume=o.resume, overwrite=o.overwrite, reads=_reads(o),
+                         allow_truncated=o.allow_truncated)
     elif is_batch(input):
         jobs = [Job(open_source(v), v, "video") for v in list_videos(input)]
         if not jobs:
@@ -287,14 +352,25 @@ def upscale(options: UpscaleOptions, model: FlashVSR | None = None, *,
     """
     if options.output is None:
         raise FlashVSRError("upscale needs an output path")
-    run = prepare(options, model, log)
-    if run.batch:
-        Path(options.output).mkdir(exist_ok=True)
+    check_options(options, model)  # bad options fail before the lock and before anything is opened
+    check_paths(options.output, [options.input, *_reads(options)])  # and clashing paths before a lock file is made
     summaries = []
-    for job in run.jobs:
-        summaries.append(run_job(run.model, job, run.settings, tile=options.tile, vram=run.budget,
-                                 encoder=run.encoder, audio=options.audio, resume=options.resume,
-                                 overwrite=options.overwrite, segment_frames=options.segment_frames,
-                                 show_progress=options.show_progress, progress=progress, cancel=cancel, log=log))
+    with ExitStack() as held:
+        # one run per output: held from the output checks to the final rename (a folder of videos: the folder)
+        lock = held.enter_context(RunLock(options.output))
+        if lock.stale_pid is not None:
+            log(f"note: {options.output} was locked by process {lock.stale_pid}, which is gone; taking over")
+        run = prepare(options, model, log)
+        if run.batch:
+            Path(options.output).mkdir(exist_ok=True)
+        for job in run.jobs:
+            summary = run_job(run.model, job, run.settings, tile=options.tile, vram=run.budget,
+                              encoder=run.encoder, audio=options.audio, resume=options.resume,
+                              overwrite=options.overwrite, segment_frames=options.segment_frames,
+                              show_progress=options.show_progress, progress=progress, cancel=cancel, log=log)
+            note = truncation_note(job.source)
+            if note is not None:
+                summary.notes.append(note)
+            summaries.append(summary)
     return summaries if run.batch else (summaries[0] if summaries else None)
 

@@ -93,6 +93,8 @@ class FrameSource:
         files: the image files, in frame order (empty for videos).
         rotation: degrees counter-clockwise the decoded pictures are turned by before they are returned.
         sample_aspect_ratio: pixel aspect ratio of the stream, ``None`` when square or unknown.
+        declared_frames: set when the container promises more frames than its stream holds (a truncated file):
+            the promised count, from the stream's frame count or duration; ``None`` otherwise.
     """
 
     path: Path
@@ -108,6 +110,7 @@ class FrameSource:
     files: tuple[Path, ...] = field(default=(), repr=False)
     rotation: int = 0
     sample_aspect_ratio: Fraction | None = None
+    declared_frames: int | None = None
     # Container timestamps that are missing or repeated cannot be seeked to; frames are then counted.
     _seekable: bool = field(default=True, repr=False)
 
@@ -274,9 +277,10 @@ def _open_video(path: Path) -> FrameSource:
         stream = _video_stream(container, path)
         # Count by demuxing (no decoding): container frame counts are missing or wrong too often.
         try:
-            pts_list = [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
+            packets = [p for p in container.demux(stream) if p.size]
         except av.FFmpegError as exc:
             raise FlashVSRError(f"{path}: corrupt video ({exc.strerror or exc})") from None
+        pts_list = [p.pts for p in packets if not p.is_discard]
         if not pts_list:
             raise FlashVSRError(f"{path}: video stream has no frames")
         time_base = stream.time_base or Fraction(1, 90000)
@@ -294,12 +298,39 @@ def _open_video(path: Path) -> FrameSource:
         has_audio = len(container.streams.audio) > 0
         has_subtitles = len(container.streams.subtitles) > 0
         sar = stream.sample_aspect_ratio
+        declared = _declared_frames(container, stream, fps, len(packets))
     probe = FrameSource(path, "video", 0, 0, len(pts), fps, time_base, pts, _seekable=seekable)
     first = _first_frame(probe)  # proves the stream decodes and gives the real size and rotation
     rotation = first.rotation % 360 if first.rotation % 90 == 0 else 0
     width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
     return FrameSource(path, "video", width, height, len(pts), fps, time_base, pts, has_audio, has_subtitles,
-                       rotation=rotation, sample_aspect_ratio=sar if sar and sar != 1 else None, _seekable=seekable)
+                       rotation=rotation, sample_aspect_ratio=sar if sar and sar != 1 else None,
+                       declared_frames=declared, _seekable=seekable)
+
+
+def _declared_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: Fraction,
+                     found: int) -> int | None:
+    """The frame count the container promises when the stream holds fewer (``found`` packets), else None.
+
+    The promise is the stream's frame count (MP4/MOV sample tables) or, failing that, its duration (the stream's
+    own, or Matroska's per-track DURATION tag, or the file's when the video is its only stream) times the frame
+    rate; a duration is allowed one frame of rounding.
+    """
+    if stream.frames:
+        return stream.frames if found < stream.frames else None
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif "DURATION" in stream.metadata:
+        match = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", stream.metadata["DURATION"].strip())
+        if match:
+            seconds = int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3))
+    elif container.duration and len(container.streams) == 1:
+        seconds = container.duration / av.time_base
+    if seconds is None:
+        return None
+    promised = round(seconds * fps)
+    return promised if found < promised - 1 else None
 
 
 def _first_frame(source: FrameSource) -> av.VideoFrame:

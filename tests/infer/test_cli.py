@@ -78,7 +78,7 @@ def test_image_folder_to_folder(tmp_path, checkpoint_dir, identity):
         Image.fromarray(f).save(src / f"f{i + 1}.jpg" if i else src / "f10.png")  # natural order: f2, f3, f10
     out = tmp_path / "up"
     assert upscale_cli(src, "-o", out, "--checkpoint", checkpoint_dir, "--color-fix", "none") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["f10.png", "f2.png", "f3.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["f10.png", "f2.png", "f3.png"]
     g = Geometry(7, 6, 4)
     for name, source in (("f10.png", "f10.png"), ("f2.png", "f2.jpg"), ("f3.png", "f3.jpg")):
         f = np.asarray(Image.open(src / source).convert("RGB"))  # jpg is lossy: compare with what was decoded

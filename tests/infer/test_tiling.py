@@ -82,8 +82,13 @@ def test_parse_tile():
     spec = parse_tile("192x24")  # LR px -> 768 / 96 output px -> grid: 768 / 128
     assert (spec.mode, spec.size, spec.overlap) == ("manual", 768, 128)
     assert (parse_tile("256").size, parse_tile("256").overlap) == (1024, 128)
-    assert parse_tile("64x0").overlap == 0 and parse_tile("16x16").size == 256
-    assert parse_tile("64x64", scale=4).overlap == 128  # at most half the tile
+    assert parse_tile("64x0").overlap == 0 and parse_tile("48x16").size == 256
+    with pytest.raises(ValueError, match="at least 256 output px"):  # said, not silently enlarged
+        parse_tile("16x16")
+    with pytest.raises(ValueError, match="at most half the tile"):  # said, not silently cut
+        parse_tile("64x64", scale=4)
+    with pytest.raises(ValueError, match="at least 256"):
+        parse_tile("8x100")
     with pytest.raises(ValueError, match="SIZExOVERLAP"):
         parse_tile("big")
 
