@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.errors import BackendUnavailable, FlashVSRError
 from flashvsr_q.quant.schemes import SCHEMES, ConvWeightOnly, Scheme, get_scheme
 from flashvsr_q.quant.smoothquant import alpha_for
 from flashvsr_q.shipped import recipes_dir
@@ -94,6 +94,20 @@ def shipped_recipes() -> dict[str, Path]:
             continue
         if isinstance(data, dict) and data.get("kind") == KIND:
             out[path.stem] = path
+    return out
+
+
+def runnable_recipes(device: torch.device | str) -> list[str]:
+    """The shipped quantization recipes whose every scheme can run on ``device``."""
+    device = torch.device(device)
+    out = []
+    for name, path in shipped_recipes().items():
+        try:
+            recipe = load_recipe(path)
+        except RecipeError:
+            continue
+        if all(rule.scheme.unavailable(device) is None for rule in recipe.rules):
+            out.append(name)
     return out
 
 
@@ -324,7 +338,12 @@ def resolve_plan(recipe: Recipe, model: nn.Module, device: torch.device | str = 
             raise fail(f"smoothquant.overrides pattern '{pattern}' matches no layer that is smoothed "
                        f"(smoothed layers look like {', '.join(smoothed[:2]) or 'none'}, ...)")
     for scheme in {p.scheme.label(): p.scheme for p in claimed.values() if p.scheme}.values():
-        scheme.require(device)
+        reason = scheme.unavailable(torch.device(device))
+        if reason:  # the user picks recipes, not schemes: name recipes that run here, and the GPU flag
+            here = [name for name in runnable_recipes(device) if name != recipe.name]
+            gpu = "; on a GPU pass --device cuda" if torch.device(device).type == "cpu" and "CUDA" in reason else ""
+            raise BackendUnavailable(f"recipe {recipe.name} cannot run on {device}: {scheme.name}: {reason}{gpu}; "
+                                     f"recipes that run on {device}: {', '.join(here) or 'none'}")
     ordered = {fqn: claimed[fqn] for fqn in layers}
     config = getattr(model, "config", None)
     return QuantPlan(recipe, ordered, str(device), getattr(config, "name", ""))

@@ -71,7 +71,7 @@ def test_inspect_flags_a_damaged_checkpoint(official, tmp_path, capsys):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--recipe", "int3"], "no recipe 'int3'"),
-    (["--recipe", "w8a8-fp8"], "nearest scheme that runs here"),
+    (["--recipe", "w8a8-fp8"], "recipes that run on cpu: "),
     (["--recipe", "w8a8-int8-smoothquant"], "needs calibration statistics"),
     (["--recipe", "int8-weight-only", "--calibration", "missing.safetensors"], "do not exist"),
 ])

@@ -55,8 +55,8 @@ def test_shipped_recipe_resolves(name, config):
     assert recipe.expected_memory["dit_gb"] is None or 0 < recipe.expected_memory["dit_gb"] < 2.84
     model = meta_model(config)
     reasons = {s.unavailable("cpu") for r in recipe.rules if (s := r.scheme).unavailable("cpu")}
-    if reasons:  # GPU-only: refused on CPU with the nearest scheme named
-        with pytest.raises(BackendUnavailable, match="nearest scheme that runs here"):
+    if reasons:  # GPU-only: refused on CPU, naming the recipes that run there
+        with pytest.raises(BackendUnavailable, match="recipes that run on cpu: .*int8-weight-only"):
             resolve_plan(recipe, model, "cpu")
         return
     plan = resolve_plan(recipe, model, "cpu")
@@ -78,12 +78,17 @@ def test_shipped_recipe_resolves(name, config):
     assert plan.recipe.needs_calibration == (recipe.calibration == "required")
 
 
-def test_gpu_only_scheme_names_nearest_alternative_on_cpu():
+def test_gpu_only_recipe_names_the_recipes_that_run_on_cpu_and_the_gpu_flag():
     with pytest.raises(BackendUnavailable) as err:
         resolve_plan(load_recipe("w8a8-fp8"), meta_model(), "cpu")
     message = str(err.value)
-    assert "w8a8_fp8 cannot run on cpu" in message and "8.9" in message
-    assert "nearest scheme that runs here: w8a8_int8" in message
+    assert message.startswith("recipe w8a8-fp8 cannot run on cpu: w8a8_fp8:") and "8.9" in message
+    assert "pass --device cuda" in message and "\n" not in message
+    here = message.split("recipes that run on cpu: ")[1].split(", ")
+    assert "w8a8-int8" in here and "int8-weight-only" in here and "w8a8-fp8" not in here
+    model = meta_model()
+    for name in here:  # every recipe it names does resolve on the CPU
+        resolve_plan(load_recipe(name), model, "cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
