@@ -24,7 +24,7 @@ from flashvsr_q.errors import BackendUnavailable
 from flashvsr_q.quant.convrot import ConvRotLinear, ConvRotW4A8Linear, group_for, is_power_of_4
 from flashvsr_q.quant.stats import LayerCalibration
 from flashvsr_q.quant.weight_only import empty_weight_only, is_weight_only, to_weight_only
-from flashvsr_q.quant.weight_only import group_for as int4_group_for
+from flashvsr_q.quant.weight_only import group_for as conv_group_for
 
 SCHEMES: dict[str, type[Scheme]] = {}
 
@@ -520,13 +520,13 @@ class W4A8Int8ConvRot(ConvRotScheme):
 @register_scheme
 @dataclass(frozen=True)
 class ConvWeightOnly(Scheme):
-    """Weight-only int8 (per output channel) or int4 (groups of ``group_size`` along the flattened input) for the
-    Conv2d / Conv3d layers of the LQ projection and the TCDecoder; dequantized to the compute dtype when the conv
-    runs. ``clip``: ``mse`` (per-row / per-group MSE-optimal scale) or ``absmax``."""
+    """Weight-only int8 or int4 in groups of ``group_size`` along the flattened input (0: one scale per output
+    channel, int8 only) for the Conv2d / Conv3d layers of the LQ projection and the TCDecoder; dequantized to the
+    compute dtype when the conv runs. ``clip``: ``mse`` (MSE-optimal scale per group) or ``absmax``."""
 
     name: ClassVar[str] = "conv_weight_only"
     library: ClassVar[str] = "torch"
-    summary: ClassVar[str] = "int8 (per channel) or int4 (group-wise) conv weights, dequantized per call; any device"
+    summary: ClassVar[str] = "int8 or int4 group-wise conv weights, dequantized per call; any device"
     weight_bits: ClassVar[int] = 8
     bits: int = 8
     group_size: int = 64
@@ -536,8 +536,9 @@ class ConvWeightOnly(Scheme):
         if self.bits not in (8, 4) or self.clip not in ("absmax", "mse"):
             raise ValueError(f"conv_weight_only takes bits 8 or 4 and clip absmax or mse, got {self.bits}, "
                              f"{self.clip!r}")
-        if self.group_size < 8 or self.group_size & (self.group_size - 1):
-            raise ValueError(f"conv_weight_only group_size must be a power of 2 >= 8, got {self.group_size}")
+        if (self.group_size or self.bits == 4) and (self.group_size < 8 or self.group_size & (self.group_size - 1)):
+            raise ValueError(f"conv_weight_only group_size must be a power of 2 >= 8 (or 0 with bits 8: per output "
+                             f"channel), got {self.group_size}")
 
     def unavailable(self, device):
         return None
@@ -547,8 +548,8 @@ class ConvWeightOnly(Scheme):
             return f"{self.name} applies to Conv1d/2d/3d only, this is {type(module).__name__}"
         if is_weight_only(module):
             return "already quantized"
-        if self.bits == 4 and not int4_group_for(module.weight[0].numel(), self.group_size):
-            return f"no int4 group of 8 or more divides the row length {module.weight[0].numel()}"
+        if self.group_size and not conv_group_for(module.weight[0].numel(), self.group_size):
+            return f"no group of 8 or more divides the row length {module.weight[0].numel()}"
         return None
 
     def quantize(self, linear, calibration=None):

@@ -5,17 +5,18 @@ quantized conv either, so the convolutions keep their float weights in every oth
 class, its ``forward`` and its name; only its ``weight`` parameter is replaced by stored codes and scales that are
 dequantized when the weight is read (one conv's weight in the compute dtype exists for the duration of the call):
 
-    int8:  qweight  int8  [N, K]        K = in_channels * prod(kernel), symmetric, per output channel
-           weight_scale   [N, 1]        in the compute dtype (as torchao's int8 weight-only does)
+    int8:  qweight  int8  [N, K]        K = in_channels * prod(kernel), symmetric
     int4:  qweight  uint8 [N, K / 2]    two signed 4-bit codes per byte, the even element in the low nibble
-           weight_scale   [N, K / G]    one scale per group of G consecutive elements of a row
+           weight_scale   [N, K / G]    one scale per group of G consecutive elements of a row (G = K: per output
+                                        channel, int8 only), in the compute dtype (as torchao's weight-only does)
     bias                                unchanged
 
 The weight is ``q * s`` reshaped to the conv's weight shape, so a conv subclass with its own ``forward`` (the LQ
 projection's ``CausalConv3d``, which pads and concatenates its cache before calling ``nn.Conv3d.forward``) computes
-exactly what it computed before, with the dequantized weight. Each row's scale is the one of :data:`CLIP_RATIOS`
-times its abs-max (per group for int4) with the lowest squared rounding error (``clip="mse"``), or the abs-max
-itself (``clip="absmax"``).
+exactly what it computed before, with the dequantized weight. Each group's scale is the one of :data:`CLIP_RATIOS`
+times its abs-max with the lowest squared rounding error (``clip="mse"``), or the abs-max itself (``clip="absmax"``).
+Groups matter for int8 too: the TCDecoder's first conv reads 16 latent channels and 768 LR-pixel channels whose
+weights differ in scale, and one scale per output channel leaves it at 28 dB weight SNR on the small model.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _ROWS_PER_CHUNK = 64  # rows searched at once: bounds the temporaries on the 307
 
 
 def group_for(k: int, group_size: int) -> int:
-    """The int4 group of a row of ``k`` elements: the largest of ``group_size``, ``group_size / 2``, ... (>= 8)
+    """The group of a row of ``k`` elements: the largest of ``group_size``, ``group_size / 2``, ... (>= 8)
     that divides ``k``; 0 if none does."""
     group = group_size
     while group >= 8:
@@ -60,15 +61,15 @@ def _scales(rows: torch.Tensor, bits: int, clip: str) -> torch.Tensor:
 
 def quantize_codes(weight: torch.Tensor, bits: int, group: int = 0, clip: str = "mse",
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``weight [N, ...]`` -> (codes, fp32 scales): int8 ``[N, K]`` and ``[N, 1]`` (``bits`` 8, per row), or packed
-    uint8 ``[N, K / 2]`` and ``[N, K / group]`` (``bits`` 4). Rows are processed in chunks (bounded memory)."""
+    """``weight [N, ...]`` -> (codes, fp32 scales ``[N, K / group]``): int8 ``[N, K]`` (``bits`` 8; ``group`` 0: one
+    scale per row) or packed uint8 ``[N, K / 2]`` (``bits`` 4). Rows are processed in chunks (bounded memory)."""
     if bits not in QMAX or clip not in ("absmax", "mse"):
         raise ValueError(f"bits must be 8 or 4 and clip absmax or mse, got {bits}, {clip!r}")
     n = weight.shape[0]
     k = weight[0].numel()
-    width = k if bits == 8 else group
-    if bits == 4 and (not group or k % group or group % 2):
-        raise ValueError(f"int4 group {group} must be even and divide the row length {k}")
+    width = group or k
+    if (bits == 4 and not group) or k % width or width % 2:
+        raise ValueError(f"group {group} must be even and divide the row length {k} (int4 needs a group)")
     codes, scales = [], []
     for rows in weight.detach().reshape(n, k).split(_ROWS_PER_CHUNK):
         w = rows.float().reshape(-1, width)  # [R * K / width, width]
@@ -119,7 +120,7 @@ class WeightOnlyMixin:
                                 self.weight_scale.dtype).reshape(self.weight_shape)
 
     def extra_repr(self) -> str:
-        group = self.weight_shape[1:].numel() // self.weight_scale.shape[1] if self.bits == 4 else "row"
+        group = self.weight_shape[1:].numel() // self.weight_scale.shape[1]
         return f"{super().extra_repr()}, int{self.bits} weight-only (group {group})"
 
 
@@ -148,9 +149,9 @@ def to_weight_only(module: nn.Module, bits: int, group_size: int = 64, clip: str
     """Quantize ``module``'s weight in place (its class gains :class:`WeightOnlyMixin`); returns it. The scales take
     the weight's dtype, the codes its device."""
     weight = module.weight
-    group = group_for(weight[0].numel(), group_size) if bits == 4 else 0
-    if bits == 4 and not group:
-        raise ValueError(f"no int4 group of 8 or more divides the row length {weight[0].numel()}")
+    group = group_for(weight[0].numel(), group_size) if group_size else 0
+    if group_size and not group:
+        raise ValueError(f"no group of 8 or more divides the row length {weight[0].numel()}")
     codes, scale = quantize_codes(weight, bits, group, clip)
     return _convert(module, codes.to(weight.device), scale.to(weight.device, weight.dtype), bits)
 
@@ -160,22 +161,17 @@ def empty_weight_only(module: nn.Module, bits: int, group_size: int, dtype: torc
     """``module`` (a float conv, e.g. on ``meta``) converted to hold empty codes and scales of the right shapes, to
     be filled by ``load_state_dict(assign=True)``."""
     n, k = module.weight.shape[0], module.weight[0].numel()
-    if bits == 8:
-        codes = torch.empty(n, k, dtype=torch.int8, device=device)
-        scale = torch.empty(n, 1, dtype=dtype, device=device)
-    else:
-        group = group_for(k, group_size)
-        codes = torch.empty(n, k // 2, dtype=torch.uint8, device=device)
-        scale = torch.empty(n, k // group, dtype=dtype, device=device)
+    group = group_for(k, group_size) if group_size else k
+    codes = torch.empty(n, k if bits == 8 else k // 2, dtype=torch.int8 if bits == 8 else torch.uint8, device=device)
+    scale = torch.empty(n, k // group, dtype=dtype, device=device)
     return _convert(module, codes, scale, bits)
 
 
 def stored_bytes(shape: tuple[int, ...], bits: int, group_size: int, scale_bytes: int = 2) -> int:
     """Bytes of the codes and scales of a weight of ``shape`` (for size estimates)."""
     n, k = shape[0], math.prod(shape[1:])
-    if bits == 8:
-        return n * k + n * scale_bytes
-    return n * k // 2 + n * (k // group_for(k, group_size)) * scale_bytes
+    groups = k // group_for(k, group_size) if group_size else 1
+    return n * k * bits // 8 + n * groups * scale_bytes
 
 
 def float_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
