@@ -30,6 +30,7 @@ from flashvsr_q.quant import (
 from flashvsr_q.quant import checkpoint as ckpt
 from flashvsr_q.quant.convrot import ConvRotLinear, ConvRotW4A8Linear
 from flashvsr_q.quant.recipes import shipped_recipes
+from flashvsr_q.quant.weight_only import is_weight_only
 
 CPU_RECIPES = [n for n in sorted(shipped_recipes())
                if all(r.scheme.unavailable("cpu") is None for r in load_recipe(n).rules)]
@@ -57,8 +58,9 @@ def quantized(name: str, seed: int = 0):
 
 def is_quantized(module: nn.Module) -> bool:
     """A bitsandbytes or ConvRot module, or any parameter held as a tensor subclass (torchao)."""
-    return isinstance(module, (ConvRotLinear, ConvRotW4A8Linear)) or type(module).__module__.startswith(
-        "bitsandbytes") or any(type(p.data) is not torch.Tensor for p in module.parameters(recurse=False))
+    return isinstance(module, (ConvRotLinear, ConvRotW4A8Linear)) or is_weight_only(module) or (
+        type(module).__module__.startswith("bitsandbytes")) or any(
+        type(p.data) is not torch.Tensor for p in module.parameters(recurse=False))
 
 
 @pytest.mark.parametrize("name", CPU_RECIPES)
@@ -213,7 +215,7 @@ def test_streamed_official_quantization_equals_in_memory(tmp_path):
     in_memory, _, _, _ = quantized("int8-weight-only")
     assert torch.equal(dit_output(streamed), dit_output(in_memory))
     assert all(p.device.type == "cpu" for p in streamed.parameters())
-    assert len(plan.quantized) == 20
+    assert len(plan.quantized) == 60  # 20 DiT block linears, the LQ projection's 3 layers, the decoder's 37 convs
 
 
 def test_calibration_is_required_and_checked(tmp_path):

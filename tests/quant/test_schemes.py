@@ -17,7 +17,7 @@ from flashvsr_q.quant.schemes import scheme_from_dict
 # dB, per layer, random Gaussian weights and activations (torchao's tests use 20 dB for int8 configs)
 SQNR_FLOOR = {"int8_weight_only": 40, "w8a8_int8": 33, "w8a8_int8_static": 30, "fp8_weight_only": 28,
               "w8a8_fp8": 25, "bnb_int8": 40, "nf4": 17, "int4_weight_only": 20, "w4a8_int": 18,
-              "w8a8_int8_convrot": 36, "w4a8_int8_convrot": 20}
+              "w8a8_int8_convrot": 36, "w4a8_int8_convrot": 20, "conv_weight_only": 40}
 CPU_SCHEMES = [name for name in sorted(SCHEMES) if SCHEMES[name]().unavailable("cpu") is None]
 
 
@@ -59,7 +59,8 @@ def test_sqnr_floor_per_layer(name):
     if scheme.library == "torchao":
         assert quantized is linear and type(linear.weight.data) is not torch.Tensor
     else:
-        assert type(quantized).__name__ in ("Linear8bitLt", "Linear4bit", "ConvRotLinear", "ConvRotW4A8Linear")
+        assert type(quantized).__name__ in ("Linear8bitLt", "Linear4bit", "ConvRotLinear", "ConvRotW4A8Linear",
+                                            "WeightOnlyLinear")  # conv_weight_only works on any weight
 
 
 def test_int8_beats_30_db_on_an_official_size_ffn_row_block():
