@@ -182,8 +182,8 @@ def test_never_overwrites_and_leaves_nothing_half_written(tmp_path, saved, monke
             raise OSError("disk full")
         return real_write(file, *args, **kwargs)
 
-    real_write = ckpt._write_safetensors
-    monkeypatch.setattr(ckpt, "_write_safetensors", failing_write)
+    real_write = ckpt.write_safetensors
+    monkeypatch.setattr(ckpt, "write_safetensors", failing_write)
     with pytest.raises(OSError, match="disk full"):
         save_compressed(model, tmp_path / "new", recipe, plan)
     assert not (tmp_path / "new").exists()
