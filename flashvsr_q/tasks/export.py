@@ -51,6 +51,7 @@ from flashvsr_q.quant import CalibrationStats, Recipe, load_compressed, load_rec
 from flashvsr_q.quant.checkpoint import read_manifest, sha256_file
 from flashvsr_q.quant.comfy import SUPPORTED, apply_comfy, from_comfy, to_comfy, write_comfy
 from flashvsr_q.quant.export import export_fp8_official
+from flashvsr_q.tasks.outputs import RunLock, check_output
 
 FORMATS = {"comfy-int8-convrot": "int8-convrot", "comfy-int8": "int8", "comfy-fp8": "fp8", "bf16": "bf16",
            "fp8-official": None}
@@ -132,25 +133,16 @@ def card_path(output: Path) -> Path:
     return output.with_suffix(".md") if output.suffix else output.with_name(output.name + ".md")
 
 
-def check_output(output: Path, card: Path, inputs: list[Path], overwrite: bool, folder: bool) -> None:
-    """Refuse an output that is an input or a folder (files) / file (folders), or that exists without overwrite."""
-    resolved = {p.resolve() for p in inputs if p.exists()}
-    for target in (output, card):
-        if target.resolve() in resolved or any(target.resolve() in p.parents for p in resolved):
-            raise FlashVSRError(f"{target} is one of the export's inputs; write the export somewhere else")
-    if not folder and output.is_dir():
-        raise FlashVSRError(f"{output} is a folder; the export is one file (give a .safetensors path)")
-    if folder and output.is_file():
-        raise FlashVSRError(f"{output} is a file; fp8-official writes a folder")
-    existing = [p for p in (output, card) if p.exists()]
-    if existing and not overwrite:
-        raise FlashVSRError(f"{existing[0]} already exists; choose another name or pass --overwrite")
-    if card.exists() and CARD_MARKER not in card.read_text(errors="replace")[:4096]:
-        raise FlashVSRError(f"{card} exists and was not written by flashvsr-q export; refusing to replace it")
-    if folder and output.is_dir() and any(output.iterdir()) and checkpoint_kind_or_none(output) is None:
-        raise FlashVSRError(f"{output} is a folder that is not an export; refusing to replace it")
+def check_targets(output: Path, card: Path, inputs: list[Path], overwrite: bool, folder: bool) -> None:
+    """The shared output rules (``tasks.outputs``) for the file (a folder for fp8-official) and its card, and: a card
+    is replaced only when this command wrote it."""
     if not output.parent.is_dir():
         raise FlashVSRError(f"the folder {output.parent} does not exist")
+    check_output(output, inputs=inputs, overwrite=overwrite, kind="folder" if folder else "file",
+                 owned=lambda path: checkpoint_kind_or_none(path) is not None)
+    check_output(card, inputs=inputs, overwrite=overwrite, kind="file", what="model card")
+    if card.exists() and CARD_MARKER not in card.read_text(errors="replace")[:4096]:
+        raise FlashVSRError(f"{card} exists and was not written by flashvsr-q export; refusing to replace it")
 
 
 def checkpoint_kind_or_none(path: Path) -> str | None:
@@ -242,8 +234,13 @@ def export(options: ExportOptions) -> ExportResult:
     card = card_path(output)
     inputs = source_files(source) + [Path(p) for p in (o.calibration, o.recipe)
                                      if isinstance(p, (str, os.PathLike)) and Path(p).exists()]
-    check_output(output, card, inputs, o.overwrite, folder=o.format == "fp8-official")
+    check_targets(output, card, inputs, o.overwrite, folder=o.format == "fp8-official")
+    with RunLock(output):
+        return _write(o, source, kind, output, card, recipe, calibration)
 
+
+def _write(o: ExportOptions, source: Path, kind: str, output: Path, card: Path, recipe, calibration) -> ExportResult:
+    """Build, measure and write the file and its card (the checks have passed and the output is locked)."""
     # the model: float (fp32 from the official files, so quantized from the originals), quantized by the recipe,
     # or as compressed (in its own compute dtype); the quality check compares the file with the float model, or
     # with the compressed source as flashvsr-q runs it

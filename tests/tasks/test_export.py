@@ -108,8 +108,8 @@ def test_output_safety(official, convrot, tmp_path, capsys):
     before = file.read_bytes()
     cases = [
         (["-o", str(file)], "already exists"),                                                  # no --overwrite
-        (["-o", str(official / OFFICIAL_FILES["dit"]), "--overwrite"], "one of the export's inputs"),
-        (["-o", str(convrot / "dit.safetensors"), "--overwrite"], "one of the export's inputs"),
+        (["-o", str(official / OFFICIAL_FILES["dit"]), "--overwrite"], "the output is the input"),
+        (["-o", str(convrot / "dit.safetensors"), "--overwrite"], "the output is the input"),
         (["-o", str(tmp_path)], "is a folder"),
         (["-o", str(tmp_path / "missing" / "x.safetensors")], "does not exist"),
     ]
