@@ -38,7 +38,10 @@ def upscale(input: str | os.PathLike | Iterable[np.ndarray], output: str | os.Pa
     Frames -> frames: ``input`` is any iterable of uint8 ``[H, W, 3]`` RGB frames and ``output`` is None; yields
     one uint8 ``[sH, sW, 3]`` frame per input frame, streaming. ``model`` (default: :func:`load_checkpoint` of the
     default checkpoint in fp32 on the CPU) runs with ``options`` ``scale``, ``tile``, ``vram``, ``color_fix``,
-    ``seed`` and ``attention``.
+    ``seed``, ``attention`` and ``pipeline``.
+
+    ``pipeline="full"`` decodes with the Wan2.1 VAE (``Wan2.1_VAE.pth`` in the checkpoint folder) instead of the
+    TCDecoder; a ``model`` passed in runs its own pipeline (``load_checkpoint(..., pipeline="full")``).
 
     Example:
         >>> import numpy as np, flashvsr_q as fq
@@ -63,9 +66,13 @@ def upscale(input: str | os.PathLike | Iterable[np.ndarray], output: str | os.Pa
 
 def _upscale_frames(frames: Iterable[np.ndarray], model: FlashVSR | None, progress, cancel,
                     log: Callable[[str], None], attention: str = "auto", scale: int = 4, tile: str = "auto",
-                    vram: int | str | None = None, color_fix: str = "adain", seed: int = 0) -> Iterator[np.ndarray]:
+                    vram: int | str | None = None, color_fix: str = "adain", seed: int = 0,
+                    pipeline: str | None = None) -> Iterator[np.ndarray]:
     if model is None:
-        model = load_checkpoint(dtype=resolve_dtype("fp32", "cpu"))
+        model = load_checkpoint(dtype=resolve_dtype("fp32", "cpu"), pipeline=pipeline or "tiny")
+    elif pipeline is not None and pipeline != model.pipeline:
+        raise FlashVSRError(f"the model passed in runs the {model.pipeline} pipeline, not {pipeline}; load it with "
+                            f"load_checkpoint(..., pipeline={pipeline!r})")
     backend = model.set_attention(attention, model.device)
     log(f"attention {attention!r}: {backend.name} on {model.device}")
     budget = parse_bytes(vram) if isinstance(vram, str) else vram

@@ -4,6 +4,7 @@
     model = load_checkpoint("FlashVSR-v1.1/")         # official files, unchanged
     model = load_checkpoint("int8/")                  # manifest.json + safetensors written by `flashvsr-q quantize`
     model = load_checkpoint("FlashVSR-v1/", variant="v1", recipe="int8-weight-only")   # quantized while loading
+    model = load_checkpoint("flashvsr-v1.1", pipeline="full")   # the fetched release, with its Wan2.1 VAE decoder
     model = load_checkpoint("FlashVSR-v1.1/FlashVSR1_1-int8_convrot.safetensors")      # a ComfyUI-native DiT file
 
 A ComfyUI-native DiT file (``flashvsr-q export``, or a community file: int8 ConvRot, int8, fp8, bf16) is run as
@@ -15,8 +16,11 @@ are the official files beside it (``LQ_proj_in.ckpt``, ``TCDecoder.ckpt``, ``pos
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,15 +30,20 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.model import (
     OFFICIAL_FILES,
+    PIPELINES,
     PRESETS,
+    WAN_VAE_FILE,
+    WAN_VAE_PRESETS,
     FlashVSR,
     FlashVSRConfig,
+    WanVAEDecoder,
     infer_config,
     is_official_layout,
     load_official,
+    load_wan_vae,
 )
 from flashvsr_q.model.loading import CONFIG_SIDECAR, check_keys, expected_shapes, torch_file
-from flashvsr_q.model.official_release import release_dir
+from flashvsr_q.model.official_release import release_dir, release_name, resolve_release_name
 from flashvsr_q.quant import (
     CalibrationStats,
     QuantPlan,
@@ -42,6 +51,7 @@ from flashvsr_q.quant import (
     RecipeError,
     load_compressed,
     load_recipe,
+    model_layers,
     quantize_model,
     quantize_official,
     resolve_plan,
@@ -168,16 +178,108 @@ def read_recipe_and_calibration(recipe: RecipeLike | None, calibration: Calibrat
     return recipe, calibration
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# names and the Full pipeline's VAE
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike | None, full: bool = False) -> Path:
+    """A checkpoint path as given, or the fetched folder of a release name (``flashvsr-v1.1``, ``flashvsr-v1``;
+    ``full``: it must hold the Wan VAE too); None: :func:`default_checkpoint`.
+
+    Raises:
+        CheckpointError: a release name that is not downloaded (says what to run and where the files go).
+    """
+    path = Path(path) if path is not None else default_checkpoint()
+    if not path.exists() and release_name(str(path)) is not None:
+        return resolve_release_name(str(path), full)
+    return path
+
+
+def load_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.bfloat16,
+             device: torch.device | str = "cpu") -> WanVAEDecoder:
+    """The Full pipeline's decoder: ``Wan2.1_VAE.pth`` in the checkpoint's folder (strict key/shape check).
+
+    Raises:
+        CheckpointError: a missing or bad file, in one line naming it, where it goes and the command that fetches it.
+    """
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    file = folder / WAN_VAE_FILE
+    try:
+        return load_wan_vae(file, dtype=dtype, device=device)
+    except CheckpointError as exc:
+        if not file.is_file():
+            raise
+        raise CheckpointError(f"{exc}; --pipeline full needs the official {WAN_VAE_FILE} in {folder} "
+                              "(`flashvsr-q fetch v1.1 --full` downloads it)") from None
+
+
+@functools.cache
+def _vae_layer_names() -> list[str]:
+    with torch.device("meta"):
+        return [f"vae.{name}" for name in model_layers(WanVAEDecoder(WAN_VAE_PRESETS["wan2.1"]))]
+
+
+@functools.cache
+def _model_layer_names() -> list[str]:
+    with torch.device("meta"):
+        return list(model_layers(FlashVSR(PRESETS["flashvsr-v1.1"])))
+
+
+def split_recipe(recipe: Recipe) -> tuple[Recipe, Recipe | None]:
+    """(the recipe for the FlashVSR model, the recipe for the Wan VAE decoder ``vae.*`` or None).
+
+    An entry (keep pattern or rule) belongs to the VAE when it matches a VAE layer and no layer of the FlashVSR
+    model; one that matches both belongs to both. So one recipe serves both pipelines: in Tiny the VAE entries are
+    not used, and a recipe without VAE rules leaves the VAE in the compute dtype. A recipe with VAE rules must
+    claim every VAE layer (keep or rule), as for any recipe.
+    """
+    vae_names, model_names = _vae_layer_names(), _model_layer_names()
+
+    def hits(pattern: str, names: list[str]) -> bool:
+        return any(re.fullmatch(pattern, name) for name in names)
+
+    def vae_only(pattern: str) -> bool:
+        return hits(pattern, vae_names) and not hits(pattern, model_names)
+
+    main = dataclasses.replace(recipe, keep=tuple(p for p in recipe.keep if not vae_only(p)),
+                               rules=tuple(r for r in recipe.rules if not vae_only(r.pattern)))
+    rules = tuple(r for r in recipe.rules if hits(r.pattern, vae_names))
+    if not rules:  # nothing to quantize in the VAE (a catch-all keep pattern may still match its layers)
+        return main, None
+    return main, dataclasses.replace(recipe, keep=tuple(p for p in recipe.keep if hits(p, vae_names)), rules=rules)
+
+
+def attach_vae(model: FlashVSR, vae: WanVAEDecoder | None, recipe: Recipe | None = None,
+               calibration: CalibrationStats | None = None, device: torch.device | str = "cpu",
+               on_plan: Callable[[QuantPlan], None] | None = None) -> FlashVSR:
+    """``model`` switched to the Full pipeline with ``vae`` (quantized by ``recipe``, the VAE part of a recipe from
+    :func:`split_recipe`, named ``vae.*``); ``vae`` None leaves it as it is."""
+    if vae is None:
+        return model
+    if recipe is not None:
+        holder = torch.nn.Module()  # so that the plan's names are the model's: vae.decoder...
+        holder.vae, holder.config = vae, vae.config
+        plan = resolve_plan(recipe, holder, device)
+        if on_plan is not None:
+            on_plan(plan)
+        quantize_model(holder, plan, calibration)
+    model.vae = vae
+    return model
+
+
 def load_checkpoint(
     path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
     device: torch.device | str = "cpu", variant: str | None = None, recipe: RecipeLike | None = None,
     calibration: CalibrationLike | None = None, on_plan: Callable[[QuantPlan], None] | None = None,
+    pipeline: str = "tiny",
 ) -> FlashVSR:
     """Load any checkpoint onto ``device``, optionally quantizing it on the fly; the model is in eval mode.
 
     Args:
         path: folder, or a ComfyUI-native DiT ``.safetensors`` file (see the module docstring); None means
-            :func:`default_checkpoint`.
+            :func:`default_checkpoint`. A release name (``flashvsr-v1.1``, ``flashvsr-v1``) means the folder
+            ``flashvsr-q fetch`` fills.
         dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
         variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"; None: v1.1, the
             files cannot tell). Folders that record their architecture (a compressed manifest, a config sidecar) use
@@ -188,7 +290,10 @@ def load_checkpoint(
             its float layers quantized.
         calibration: ``CalibrationStats`` or the path of a statistics file (``flashvsr-q calibrate``), for recipes
             with static activation scales or SmoothQuant.
-        on_plan: called with the resolved per-layer plan before any weight is quantized.
+        on_plan: called with the resolved per-layer plan before any weight is quantized (and with the VAE's).
+        pipeline: ``"tiny"`` (TCDecoder) or ``"full"``: also load the Wan2.1 VAE decoder from ``Wan2.1_VAE.pth``
+            in the checkpoint's folder (``model.vae``); a recipe's entries that name ``vae.*`` layers quantize it
+            (:func:`split_recipe`).
     Raises:
         CheckpointError: a missing, unreadable or mismatched folder. RecipeError / BackendUnavailable: a recipe that
         does not fit the model or the device, or needs statistics that were not given.
@@ -199,14 +304,18 @@ def load_checkpoint(
         >>> model.config.name
         'small'
     """
-    path = Path(path) if path is not None else default_checkpoint()
+    if pipeline not in PIPELINES:
+        raise FlashVSRError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    path = resolve_checkpoint(path, full=pipeline == "full")
     kind = checkpoint_kind(path)
     recipe, calibration = read_recipe_and_calibration(recipe, calibration)
+    vae = load_vae(path, dtype=dtype, device=device) if pipeline == "full" else None  # small: checked first
+    recipe, vae_recipe = split_recipe(recipe) if recipe is not None else (None, None)
     if kind == "comfy":
         if recipe is not None:
             raise FlashVSRError(f"{path} is a ComfyUI file, quantized as it was written; --recipe applies to "
                                 f"official and flashvsr-q checkpoints")
-        return load_comfy(path, dtype=dtype, device=device, variant=variant or "v1.1")[0]
+        return attach_vae(load_comfy(path, dtype=dtype, device=device, variant=variant or "v1.1")[0], vae)
     if recipe is None:
         model = (load_compressed(path, dtype=dtype, device=device) if kind == "compressed"
                  else load_official(path, variant=variant or "v1.1", dtype=dtype, device=device))
@@ -227,4 +336,4 @@ def load_checkpoint(
     if variant is not None and model.config.lq_variant != variant:
         raise CheckpointError(f"{path} records its LQ projection as {model.config.lq_variant}; --variant "
                               f"{variant} is only for official folders without a config (their files cannot tell)")
-    return model.eval()
+    return attach_vae(model, vae, vae_recipe, calibration, device, on_plan).eval()

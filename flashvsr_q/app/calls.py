@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
+from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint, resolve_checkpoint
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.eval.datasets import video_dataset
 from flashvsr_q.eval.metrics import METRICS
@@ -81,6 +81,7 @@ class ModelChoice:
     dtype: str | None = None  # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 on CPU
     device: str | None = None  # cpu | cuda; None: cuda when available
     variant: str = "v1.1"  # LQ projection of an official folder
+    pipeline: str = "tiny"  # "full": with the Wan2.1 VAE decoder (Wan2.1_VAE.pth in the checkpoint folder)
 
 
 class ModelCache:
@@ -114,12 +115,12 @@ def load_model(choice: ModelChoice, say: Callable[[str], None] = log.info):
     """``load_checkpoint`` with the recipe applied on the fly, as ``flashvsr-q upscale --recipe`` loads."""
     device = resolve_device(choice.device)
     dtype = resolve_dtype(choice.dtype, device)
-    source = choice.checkpoint or default_checkpoint()
-    say(f"loading {source} ({str(dtype).removeprefix('torch.')} on {device})")
+    source = resolve_checkpoint(choice.checkpoint, full=choice.pipeline == "full")
+    say(f"loading {source} ({str(dtype).removeprefix('torch.')} on {device}, {choice.pipeline} pipeline)")
     # the variant widget only means something for official folders without a config (their files cannot tell)
     variant = choice.variant if checkpoint_kind(source) == "official" else None
     return load_checkpoint(source, dtype=dtype, device=device, variant=variant, recipe=choice.recipe,
-                           on_plan=lambda plan: say(plan.format().splitlines()[0]))
+                           on_plan=lambda plan: say(plan.format().splitlines()[0]), pipeline=choice.pipeline)
 
 
 # ---------------------------------------------------------------------------------------------------------------

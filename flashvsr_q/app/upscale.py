@@ -3,6 +3,8 @@ Cancel, and the result beside the input (synced players, comparison slider, down
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 
 from flashvsr_q.app import calls
@@ -28,6 +30,9 @@ def upscale_tab(state: AppState) -> dict:
             source_info = gr.Markdown("Upload a video or an image.", elem_id="upscale-input-info")
             with gr.Accordion("Model", open=True):
                 checkpoint, recipe, device, dtype, variant = model_widgets(state)
+                pipeline = gr.Radio(["tiny", "full"], value="tiny", label="Pipeline", elem_id="upscale-pipeline",
+                                    info="tiny: TCDecoder (fast); full: Wan2.1 VAE decoder (Wan2.1_VAE.pth in the "
+                                         "checkpoint folder; slower, more memory)")
                 names, unavailable = backend_choices(device.value)
                 attention = gr.Dropdown(names, value="auto", label="Attention backend", elem_id="upscale-attention")
                 attention_note = gr.Markdown(unavailable)
@@ -82,13 +87,14 @@ def upscale_tab(state: AppState) -> dict:
 
     device.change(refresh_backends, device, [attention, attention_note], queue=False)
 
-    model_in = [checkpoint, recipe, dtype, device, variant]
+    model_in = [checkpoint, recipe, dtype, device, variant, pipeline]
     options_in = [attention, tiling, tile_size, tile_overlap, vram, scale, seed, color_fix, crf, codec, audio]
 
     def read(values: dict) -> tuple[str | None, calls.ModelChoice, calls.UpscaleOptions]:
         """The input path, model choice and options from the widgets' values (``values[component]``)."""
         v = values
         choice = model_choice(v[checkpoint], v[recipe], v[dtype], v[device], v[variant])
+        choice = dataclasses.replace(choice, pipeline=v[pipeline])
         options = calls.UpscaleOptions(v[attention], tile_arg(v[tiling], v[tile_size], v[tile_overlap]),
                                        vram_arg(v[vram]), int(v[scale] or 4), v[color_fix], int(v[seed] or 0),
                                        float(v[crf]), v[codec], bool(v[audio]))

@@ -114,6 +114,9 @@ def add_upscale_settings(parser: argparse.ArgumentParser) -> None:
     """The flags of how a video is upscaled (model, tiling, attention, encoder, segments): `upscale` and `batch`."""
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint folder (default: $FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+    parser.add_argument("--pipeline", default="tiny", choices=("tiny", "full"), help="tiny: the TCDecoder "
+                        "(default, fast); full: the Wan2.1 VAE decoder (Wan2.1_VAE.pth in the checkpoint folder, "
+                        "`flashvsr-q fetch v1.1 --full`), the official Full pipeline: slower, more memory")
     parser.add_argument("--recipe", default=None, help="quantize while loading with this recipe: a shipped name "
                         "(int8-weight-only, w8a8-int8, fp8-storage, nf4, ...) or a YAML file; the memory plan "
                         "counts the quantized weights")
@@ -191,6 +194,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (instead of --model)")
     parser.add_argument("--model", default="small", help="random-weight preset when no --checkpoint: "
                         "small, test, flashvsr-v1, flashvsr-v1.1 (default small)")
+    parser.add_argument("--pipeline", default="tiny", help="comma-separated: tiny, full (the Wan2.1 VAE decoder: "
+                        "Wan2.1_VAE.pth from --checkpoint, else random weights of the official VAE; default tiny)")
     parser.add_argument("--recipe", default=None, help="comma-separated quantization recipes applied while loading; "
                         "none = unquantized (default: none)")
     parser.add_argument("--attention", default="auto", help="comma-separated backends (default auto)")
@@ -212,6 +217,29 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     results = tasks.bench.bench(options(tasks.bench.BenchOptions, args))
     print(json.dumps(results, indent=1) if args.json else tasks.bench.to_markdown(results))
+    return 0
+
+
+# --- fetch -------------------------------------------------------------------------------------------------------
+
+
+@command("fetch", "download the official FlashVSR weights (v1 or v1.1) from Hugging Face and verify their SHA-256")
+def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    # (dest "release": "version" is the top-level --version flag's)
+    parser.add_argument("release", metavar="{v1,v1.1}", choices=("v1", "v1.1"), help="which release")
+    parser.add_argument("--dir", dest="directory", default=None, metavar="DIR", help="target folder (default: "
+                        "$FLASHVSR_Q_OFFICIAL/FlashVSR-VERSION, ~/.cache/flashvsr-q/official/...; then "
+                        "--checkpoint flashvsr-VERSION finds it)")
+    parser.add_argument("--full", action="store_true", help="also Wan2.1_VAE.pth (508 MB), the decoder of "
+                        "--pipeline full")
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    folder = tasks.fetch.fetch(options(tasks.fetch.FetchOptions, args, version=args.release))
+    if args.directory is None:
+        print(f"use it with --checkpoint flashvsr-{args.release}" + (" --pipeline full" if args.full else ""))
+    else:
+        print(f"use it with --checkpoint {folder}" + (" --pipeline full" if args.full else ""))
     return 0
 
 
@@ -350,7 +378,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "SEED+i (default 0)")
     parser.add_argument("--config", action="append", default=[], metavar="NAME:key=value,...",
                         help="one configuration; keys: checkpoint, recipe, tile, attention, dtype, color_fix, "
-                        "calibration, kind (model|bicubic); repeatable (e.g. int8:recipe=int8-weight-only)")
+                        "calibration, pipeline, kind (model|bicubic); repeatable (e.g. int8:recipe=int8-weight-only)")
     parser.add_argument("--checkpoint", default=None, help="comma-separated checkpoint folders (an axis; default: "
                         "$FLASHVSR_Q_CHECKPOINT or the shipped small model)")
     parser.add_argument("--recipe", default=None, help="comma-separated recipes: shipped names, YAML files, none "
@@ -364,6 +392,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "at a time (default product)")
     parser.add_argument("--color-fix", default="adain", choices=("adain", "wavelet", "none"),
                         help="colour correction of the model configurations (default adain)")
+    parser.add_argument("--pipeline", default="tiny", choices=("tiny", "full"), help="decoder of the model "
+                        "configurations: tiny (TCDecoder, default) or full (Wan2.1 VAE, Wan2.1_VAE.pth in the "
+                        "checkpoint folder); --config NAME:pipeline=full sets it per configuration")
     parser.add_argument("--calibration", default=None, help="calibration statistics for recipes that need them")
     parser.add_argument("--no-bicubic", action="store_true", help="leave out the bicubic baseline")
     parser.add_argument("--metrics", default="all", help="comma-separated metric names, or all (psnr, ssim, lpips, "

@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 
 from flashvsr_q.attention.registry import backend_names
-from flashvsr_q.checkpoints import checkpoint_kind, default_checkpoint, load_checkpoint
+from flashvsr_q.checkpoints import checkpoint_kind, load_checkpoint, resolve_checkpoint
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.infer.checks import resolve_device, resolve_dtype
 from flashvsr_q.infer.tiling import parse_tile
-from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+from flashvsr_q.quant import load_recipe
 from flashvsr_q.quant.recipes import shipped_recipes
-from flashvsr_q.quant.stats import CalibrationStats
 
-CONFIG_KEYS = ("checkpoint", "recipe", "tile", "attention", "dtype", "color_fix", "calibration", "kind")
+CONFIG_KEYS = ("checkpoint", "recipe", "tile", "attention", "dtype", "color_fix", "calibration", "pipeline", "kind")
 DTYPES = ("fp32", "bf16", "fp16")
 COLOR_FIXES = ("adain", "wavelet", "none")
+PIPELINES = ("tiny", "full")
 SWEEP_MODES = ("product", "each")
 NO_RECIPE = ("", "none", "float")  # recipe values meaning "the model as stored"
 
@@ -54,6 +54,7 @@ class EvalConfig:
         dtype: ``fp32`` | ``bf16`` | ``fp16`` (None: bf16 on CUDA, fp32 on CPU).
         color_fix: ``adain`` | ``wavelet`` | ``none``.
         calibration: calibration statistics (``flashvsr-q calibrate``) for recipes that need them.
+        pipeline: ``tiny`` (TCDecoder) or ``full`` (the Wan2.1 VAE decoder from the checkpoint folder).
     """
 
     name: str
@@ -65,6 +66,7 @@ class EvalConfig:
     dtype: str | None = None
     color_fix: str = "adain"
     calibration: str | None = None
+    pipeline: str = "tiny"
 
     def __post_init__(self) -> None:
 
@@ -78,6 +80,9 @@ class EvalConfig:
         if self.color_fix not in COLOR_FIXES:
             raise FlashVSRError(f"configuration {self.name!r}: color_fix must be one of {', '.join(COLOR_FIXES)}, "
                                 f"got {self.color_fix!r}")
+        if self.pipeline not in PIPELINES:
+            raise FlashVSRError(f"configuration {self.name!r}: pipeline must be one of {', '.join(PIPELINES)}, "
+                                f"got {self.pipeline!r}")
         try:
             parse_tile(self.tile)
         except ValueError as exc:
@@ -92,6 +97,7 @@ class EvalConfig:
         parts += [f"dtype {self.dtype}"] if self.dtype else []
         parts += [f"color_fix {self.color_fix}"] if self.color_fix != "adain" else []
         parts += [f"calibration {self.calibration}"] if self.calibration else []
+        parts += [f"pipeline {self.pipeline}"] if self.pipeline != "tiny" else []
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, str | None]:
@@ -134,7 +140,7 @@ def _label(value: str | None) -> str:
 def sweep(checkpoints: Sequence[str | None] = (None,), recipes: Sequence[str | None] = (None,),
           tiles: Sequence[str] = ("off",), attentions: Sequence[str] = ("sparse",),
           dtypes: Sequence[str | None] = (None,), *, mode: str = "product", bicubic: bool = True,
-          color_fix: str = "adain", calibration: str | None = None) -> list[EvalConfig]:
+          color_fix: str = "adain", calibration: str | None = None, pipeline: str = "tiny") -> list[EvalConfig]:
     """Configurations from lists of values per axis (checkpoint, recipe, tile, attention, dtype).
 
     Args:
@@ -172,7 +178,7 @@ def sweep(checkpoints: Sequence[str | None] = (None,), recipes: Sequence[str | N
             unique, n = f"{name} ({n})", n + 1
         names.add(unique)
         configs.append(EvalConfig(unique, checkpoint=ckpt, recipe=recipe, tile=tile, attention=attn, dtype=dtype,
-                                  color_fix=color_fix, calibration=calibration))
+                                  color_fix=color_fix, calibration=calibration, pipeline=pipeline))
     return configs
 
 
@@ -218,7 +224,7 @@ def check_config(config: EvalConfig) -> None:
 
     where = f"configuration {config.name!r}"
     try:
-        checkpoint_kind(config.checkpoint or default_checkpoint())
+        checkpoint_kind(resolve_checkpoint(config.checkpoint, full=config.pipeline == "full"))
         if config.recipe is not None:
 
             load_recipe(config.recipe)
@@ -232,7 +238,8 @@ def check_config(config: EvalConfig) -> None:
 
 
 def load_config_model(config: EvalConfig, device: str | torch.device | None = None) -> torch.nn.Module:
-    """The model of a configuration: checkpoint, recipe applied on the fly, attention backend set.
+    """The model of a configuration: checkpoint (and its Wan VAE for the Full pipeline), recipe applied on the fly
+    (``load_checkpoint``), attention backend set.
 
     Raises:
         FlashVSRError (incl. BackendUnavailable, RecipeError): the configuration cannot run here.
@@ -240,15 +247,8 @@ def load_config_model(config: EvalConfig, device: str | torch.device | None = No
 
     dev = resolve_device(device)
     dtype = resolve_dtype(config.dtype, dev)
-    model = load_checkpoint(config.checkpoint, dtype=dtype, device=dev).eval()
-    if config.recipe is not None:
-
-        plan = resolve_plan(load_recipe(config.recipe), model, dev)
-        stats = None
-        if config.calibration is not None:
-
-            stats = CalibrationStats.load(config.calibration)
-        quantize_model(model, plan, calibration=stats)
+    model = load_checkpoint(config.checkpoint, dtype=dtype, device=dev, recipe=config.recipe,
+                            calibration=config.calibration, pipeline=config.pipeline).eval()
     model.set_attention(config.attention, dev)
     return model
 
@@ -257,7 +257,7 @@ def checkpoint_fingerprint(path: str | os.PathLike | None, limit: int = 256 << 2
     """``folder (sha256 abcdef012345)`` over the folder's files, or ``(not hashed: N MB)`` above ``limit`` bytes,
     so a report says which weights it measured."""
 
-    folder = Path(path) if path else default_checkpoint()
+    folder = resolve_checkpoint(path)
     files = sorted(p for p in folder.iterdir() if p.is_file())
     if folder.resolve().is_relative_to(Path.cwd()):
         folder = folder.resolve().relative_to(Path.cwd())

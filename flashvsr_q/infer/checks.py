@@ -94,20 +94,22 @@ class Preflight:
     dtype: str
     device: str
     backend: str
+    pipeline: str = "tiny"
 
     @classmethod
     def of(cls, source: FrameSource, output: Path | None, geometry: Geometry, memory: MemoryPlan,
            model: FlashVSR) -> Preflight:
         """The report of running ``source`` through ``model`` with ``memory``'s tiling."""
         return cls(source, output, geometry, memory, model.config.name, str(model.dtype).removeprefix("torch."),
-                   str(model.device), model.dit.backend.name)
+                   str(model.device), model.dit.backend.name, model.pipeline)
 
     def describe(self) -> str:
         s, g = self.source, self.geometry
         target = f"{self.output} " if self.output is not None else ""
         lines = [f"{s.path} ({s.kind}, {s.width}x{s.height}, {s.num_frames} frames, {float(s.fps):.3f} fps) -> "
                  f"{target}({g.out_width}x{g.out_height}; the model runs {g.padded_width}x{g.padded_height})",
-                 f"model {self.model} {self.dtype} on {self.device}, attention {self.backend}",
+                 f"model {self.model} {self.dtype} on {self.device}, attention {self.backend}, "
+                 f"pipeline {self.pipeline}" + (" (Wan2.1 VAE decoder)" if self.pipeline == "full" else ""),
                  self.memory.describe()]
         if g.scale != 4:
             lines.append(f"note: FlashVSR is trained for x4; x{g.scale} only changes the bicubic target size")
@@ -119,7 +121,8 @@ class Preflight:
                 "fps": float(s.fps), "output": None if self.output is None else str(self.output),
                 "output_size": [g.out_width, g.out_height], "model_size": [g.padded_width, g.padded_height],
                 "scale": g.scale, "model": self.model, "dtype": self.dtype, "device": self.device,
-                "backend": self.backend, "tiling": m.plan.describe(), "tiles": len(m.plan.tiles),
+                "backend": self.backend, "pipeline": self.pipeline, "tiling": m.plan.describe(),
+                "tiles": len(m.plan.tiles),
                 "state_offload": m.offload, "canvas_on_device": m.canvas_on_device, "budget": m.budget,
                 "estimate": m.estimate.to_dict()}
 

@@ -18,6 +18,13 @@ Terms (bytes; ``b`` = bytes per element of the compute dtype, ``P = th * tw`` ou
   decoded frames (list, stack, rescale) ``3 * 21 * 3 * P * b``.
 - I/O of the tile: its 25 LR frames ``75 * P * b``; and, when blending on the device, the float32 canvas of the
   padded frame ``21 * 3 * 4 * H * W`` plus the colour-fix temporaries (``4x`` the canvas for wavelet, ``2x`` adain).
+- Full pipeline (a Wan2.1 VAE decoder of widths ``d0..d4`` instead of the TCDecoder): its causal cache per tile
+  (``model.wan_vae.cache_elements``: 2 input frames of every causal conv, ~2,400 elements per output pixel at
+  the official width) replaces the MemBlock memories, and the decoder phase is one latent step's transients at
+  full resolution, 4 frames of ``max(d3 * (4 + b), 9 * d4 * b)`` bytes per pixel (the fp32 nearest upsampling of
+  the last upsampling, or a residual block's input, skip, norm, SiLU, padded 6-frame window and output), plus the
+  chunk's decoded frames and LR frames as for the TCDecoder. The weights term includes the VAE's (it is part of
+  the model). Measured on CPU in fp32 at the official width: 13.4 KB per pixel for the step, 12.3 KB estimated.
 
 Peak = weights + resident states (all tiles, or none when states are offloaded to host RAM between tiles) +
 the largest tile's active state (when offloaded) + max(DiT phase, decoder phase) + canvas. The estimate is meant to
@@ -35,6 +42,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.infer.tiling import Geometry, TilePlan, candidate_plans
 from flashvsr_q.model.configs import DECODER_COND_CHANNELS, FlashVSRConfig
 from flashvsr_q.model.streaming import FIRST_CHUNK_FRAMES, FIRST_CHUNK_OUTPUT
+from flashvsr_q.model.wan_vae import WanVAEConfig, cache_elements
 
 GIB = 1024**3
 GATHER_ELEMENTS = 1 << 26  # flashvsr_q.attention.sparse.MAX_GATHER_ELEMENTS
@@ -87,6 +95,7 @@ class MemoryEstimate:
     dit: int  # DiT phase transients (largest tile)
     decoder: int  # decoder phase transients (largest tile)
     canvas: int  # blending canvas + colour fix on the device (0 when blending on the host)
+    pipeline: str = "tiny"  # "full": ``decoder`` is the Wan VAE decoder's phase, ``states`` hold its caches
 
     @property
     def peak(self) -> int:
@@ -94,20 +103,23 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict:
         return {"weights": self.weights, "states": self.states, "dit": self.dit, "decoder": self.decoder,
-                "canvas": self.canvas, "peak": self.peak}
+                "canvas": self.canvas, "peak": self.peak, "pipeline": self.pipeline}
 
     def describe(self) -> str:
+        decoder = "Wan VAE decoder" if self.pipeline == "full" else "decoder"
         return (f"{format_bytes(self.peak)} = weights {format_bytes(self.weights)} + stream states "
-                f"{format_bytes(self.states)} + max(DiT {format_bytes(self.dit)}, decoder "
+                f"{format_bytes(self.states)} + max(DiT {format_bytes(self.dit)}, {decoder} "
                 f"{format_bytes(self.decoder)}) + canvas {format_bytes(self.canvas)}")
 
 
-def state_bytes(config: FlashVSRConfig, b: int, height: int, width: int, kv_groups: int) -> int:
-    """One tile's stream state with ``kv_groups`` allocated KV groups."""
+def state_bytes(config: FlashVSRConfig, b: int, height: int, width: int, kv_groups: int,
+                vae: WanVAEConfig | None = None) -> int:
+    """One tile's stream state with ``kv_groups`` allocated KV groups (``vae``: the Full pipeline's decoder)."""
     p, n = height * width, height * width // 256
     c0, c1, c2, _ = config.decoder_channels
     kv = config.num_layers * 2 * kv_groups * 2 * n * config.dim * b
-    decoder = 3 * (c0 * p // 64 + c1 * p // 16 + c2 * p // 4) * b
+    decoder = cache_elements(vae, height, width) * b if vae is not None else \
+        3 * (c0 * p // 64 + c1 * p // 16 + c2 * p // 4) * b
     lq = 2 * (DECODER_COND_CHANNELS + config.lq_channels[0]) * n * b
     return kv + decoder + lq + 12 * p * b
 
@@ -142,6 +154,16 @@ def decoder_bytes(config: FlashVSRConfig, b: int, height: int, width: int) -> in
     return cond + tail + frames + FIRST_CHUNK_FRAMES * 3 * p * b
 
 
+def vae_bytes(vae: WanVAEConfig, b: int, height: int, width: int) -> int:
+    """Wan VAE decoder-phase transients of chunk 0 for one tile: one latent step at full resolution (the largest),
+    the chunk's decoded frames and its LR frames."""
+    p = height * width
+    *_, d3, d4 = vae.decoder_dims
+    step = 4 * p * max(d3 * (4 + b), 9 * d4 * b)
+    frames = 3 * FIRST_CHUNK_OUTPUT * 3 * p * b + FIRST_CHUNK_OUTPUT * 3 * p * 4  # + the weighted fp32 copy
+    return step + frames + FIRST_CHUNK_FRAMES * 3 * p * b
+
+
 def canvas_bytes(geometry: Geometry, color_fix: str) -> int:
     frame = FIRST_CHUNK_OUTPUT * 3 * 4
     canvas = frame * geometry.padded_height * geometry.padded_width
@@ -151,15 +173,18 @@ def canvas_bytes(geometry: Geometry, color_fix: str) -> int:
 
 def estimate(config: FlashVSRConfig, weights: int, dtype: torch.dtype, geometry: Geometry, plan: TilePlan, *,
              kv_len: int = 3, backend: str = "sparse", offload: bool = False, canvas_on_device: bool = True,
-             color_fix: str = "adain", local_range: int = 11) -> MemoryEstimate:
-    """Estimate the peak device memory of running ``plan`` (see the module docstring for the formula)."""
+             color_fix: str = "adain", local_range: int = 11, vae: WanVAEConfig | None = None) -> MemoryEstimate:
+    """Estimate the peak device memory of running ``plan`` (see the module docstring for the formula); ``vae``:
+    the Full pipeline's decoder config (None: Tiny, the TCDecoder)."""
     b = torch.empty((), dtype=dtype).element_size()
     th, tw = plan.tile_size
-    full_state = [state_bytes(config, b, t.height, t.width, kv_len + 1) for t in plan.tiles]
+    full_state = [state_bytes(config, b, t.height, t.width, kv_len + 1, vae) for t in plan.tiles]
     states = max(full_state) if offload else sum(full_state)
+    decoder = vae_bytes(vae, b, th, tw) if vae is not None else decoder_bytes(config, b, th, tw)
     return MemoryEstimate(
         weights=weights, states=states, dit=dit_bytes(config, b, th, tw, kv_len, backend, local_range),
-        decoder=decoder_bytes(config, b, th, tw), canvas=canvas_bytes(geometry, color_fix) if canvas_on_device else 0)
+        decoder=decoder, canvas=canvas_bytes(geometry, color_fix) if canvas_on_device else 0,
+        pipeline="tiny" if vae is None else "full")
 
 
 @dataclass(frozen=True)
@@ -201,13 +226,15 @@ def _placements(plan: TilePlan):
 
 def choose_plan(config: FlashVSRConfig, weights: int, dtype: torch.dtype, geometry: Geometry, budget: int | None,
                 *, overlap: int = 128, kv_len: int = 3, backend: str = "sparse", color_fix: str = "adain",
-                local_range: int = 11, max_tile_pixels: int | None = None) -> MemoryPlan:
+                local_range: int = 11, max_tile_pixels: int | None = None, vae: WanVAEConfig | None = None
+                ) -> MemoryPlan:
     """The cheapest plan (fewest extra pixels, then fewest tiles; states on the device preferred) within ``budget``.
 
     ``budget`` None means no limit (one tile). ``max_tile_pixels`` excludes larger tiles (the OOM fallback).
+    ``vae``: the Full pipeline's Wan VAE config (its cache and transients are counted per tile).
     Raises ``FlashVSRError`` when even the smallest tiles do not fit, saying how much they need.
     """
-    kw = dict(kv_len=kv_len, backend=backend, color_fix=color_fix, local_range=local_range)
+    kw = dict(kv_len=kv_len, backend=backend, color_fix=color_fix, local_range=local_range, vae=vae)
     plans = [p for p in candidate_plans(geometry, overlap)
              if max_tile_pixels is None or p.tile_size[0] * p.tile_size[1] <= max_tile_pixels]
     if not plans:

@@ -254,7 +254,7 @@ def plan_memory(model: FlashVSR, geometry: Geometry, tile: str, budget: int | No
     except ValueError as exc:
         raise FlashVSRError(str(exc)) from None
     kw = dict(kv_len=settings.lcsa.kv_len, backend=model.dit.backend.name, color_fix=settings.color_fix,
-              local_range=settings.lcsa.local_range)
+              local_range=settings.lcsa.local_range, vae=None if model.vae is None else model.vae.config)
     weights = module_bytes(model)
     if spec.mode == "auto" or max_tile_pixels is not None:
         overlap = spec.overlap if spec.mode == "manual" else 128

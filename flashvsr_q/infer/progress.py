@@ -49,6 +49,7 @@ class Summary:
     peak_reserved: int | None = None
     peak_rss: int = 0
     model: str = ""
+    pipeline: str = "tiny"
     scale: int = 4
     color_fix: str = "adain"
     resumed_from_frame: int = 0
@@ -73,7 +74,8 @@ class Summary:
         retries += "".join(f"\n  note: {n}" for n in self.notes)
         return (f"{self.output}: {self.frames} frames {self.input_size[0]}x{self.input_size[1]} -> "
                 f"{self.output_size[0]}x{self.output_size[1]} in {self.seconds:.1f} s ({self.fps:.2f} fps){resumed}\n"
-                f"  model {self.model} {self.dtype} on {self.device}, attention {self.backend}, tiling {self.tiling}"
+                f"  model {self.model} {self.dtype} on {self.device}, attention {self.backend}, pipeline "
+                f"{self.pipeline}, tiling {self.tiling}"
                 f"{', states offloaded' if self.state_offload else ''}\n"
                 f"  peak RSS {format_bytes(self.peak_rss)}{dev}{retries}")
 

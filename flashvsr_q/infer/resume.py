@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import atomic_write, write_json
-from flashvsr_q.model import DecoderState, KVCache, LQProjState
+from flashvsr_q.model import DecoderState, FeatureCache, KVCache, LQProjState
 from flashvsr_q.model.streaming import StreamState
 
 MANIFEST_NAME = "flashvsr-q.json"
@@ -50,6 +50,7 @@ def state_to(state: StreamState, device: torch.device | str) -> None:
         cache.k, cache.v = move(cache.k), move(cache.v)
     state.lq.cache1, state.lq.cache2 = move(state.lq.cache1), move(state.lq.cache2)
     state.decoder.memory = {i: move(t) for i, t in state.decoder.memory.items()}
+    state.vae.to(device)
     state.lr_tail = move(state.lr_tail)
 
 
@@ -68,9 +69,12 @@ def flatten_state(state: StreamState, prefix: str) -> tuple[dict[str, torch.Tens
     put("lq.cache2", state.lq.cache2)
     for index, t in state.decoder.memory.items():
         put(f"decoder.{index}", t)
+    for key, t in state.vae.frames.items():
+        put(f"vae.{key}", t)
     put("lr_tail", state.lr_tail)
     meta = {"chunk": state.chunk, "lq_clips": state.lq.clips, "decoder_calls": state.decoder.calls,
-            "kv_len": [c.kv_len for c in state.caches], "memory": sorted(state.decoder.memory)}
+            "kv_len": [c.kv_len for c in state.caches], "memory": sorted(state.decoder.memory),
+            "vae_steps": state.vae.steps, "vae": sorted(state.vae.frames)}
     return tensors, meta
 
 
@@ -85,7 +89,10 @@ def unflatten_state(tensors: dict[str, torch.Tensor], meta: dict, prefix: str,
         caches.append(cache)
     lq = LQProjState(get("lq.cache1"), get("lq.cache2"), meta["lq_clips"])
     decoder = DecoderState({int(i): get(f"decoder.{i}") for i in meta["memory"]}, meta["decoder_calls"])
-    return StreamState(caches, lq, decoder, meta["chunk"], get("lr_tail"))
+    vae = FeatureCache()
+    vae.frames = {key: get(f"vae.{key}") for key in meta.get("vae", [])}
+    vae.steps = meta.get("vae_steps", 0)
+    return StreamState(caches, lq, decoder, meta["chunk"], get("lr_tail"), vae)
 
 
 def save_states(path: Path, states: Iterable[StreamState], extra: dict) -> None:

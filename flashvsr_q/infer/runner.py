@@ -157,7 +157,8 @@ def _memory_plan_from(data: dict, model: FlashVSR, geometry: Geometry, settings:
     plan = TilePlan.from_dict(data["tiles"])
     est = estimate(model.config, module_bytes(model), model.dtype, geometry, plan, kv_len=settings.lcsa.kv_len,
                    backend=model.dit.backend.name, offload=data["offload"], canvas_on_device=data["canvas_on_device"],
-                   color_fix=settings.color_fix, local_range=settings.lcsa.local_range)
+                   color_fix=settings.color_fix, local_range=settings.lcsa.local_range,
+                   vae=None if model.vae is None else model.vae.config)
     return MemoryPlan(plan, data["offload"], data["canvas_on_device"], est, data.get("budget"))
 
 
@@ -194,7 +195,8 @@ def run_job(model: FlashVSR, job: Job, settings: UpscaleSettings, *, tile: str =
     summary = Summary(str(source.path), str(job.output), job.kind, source.num_frames, (source.width, source.height),
                       (geometry.out_width, geometry.out_height), float(source.fps), device=str(device),
                       dtype=str(model.dtype).removeprefix("torch."), backend=model.dit.backend.name,
-                      model=model.config.name, scale=settings.scale, color_fix=settings.color_fix)
+                      model=model.config.name, pipeline=model.pipeline, scale=settings.scale,
+                      color_fix=settings.color_fix)
     reset_device_peaks(device)
     while True:
         log(Preflight.of(source, job.output, geometry, mp, model).describe())

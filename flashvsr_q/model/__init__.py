@@ -7,7 +7,7 @@
 
 from flashvsr_q.model.configs import PRESETS, FlashVSRConfig, get_config
 from flashvsr_q.model.dit import DiTConditioning, KVCache, WanDiT, count_parameters
-from flashvsr_q.model.flashvsr import FlashVSR
+from flashvsr_q.model.flashvsr import PIPELINES, FlashVSR
 from flashvsr_q.model.loading import OFFICIAL_FILES, infer_config, is_official_layout, load_official, save_official
 from flashvsr_q.model.lq_proj import LQProjection, LQProjState
 from flashvsr_q.model.streaming import (
@@ -32,7 +32,8 @@ from flashvsr_q.model.wan_vae import (
 from flashvsr_q.model.wan_vae_file import WAN_VAE_FILE, load_wan_vae, save_wan_vae, synthetic_wan_vae_state
 
 __all__ = [
-    "OFFICIAL_FILES", "PRESETS", "ChunkOutput", "DecoderState", "DiTConditioning", "FlashVSR", "FlashVSRConfig",
+    "OFFICIAL_FILES", "PIPELINES", "PRESETS",
+    "ChunkOutput", "DecoderState", "DiTConditioning", "FlashVSR", "FlashVSRConfig",
     "FlashVSRStream", "KVCache", "LQProjState", "LQProjection", "SeededNoise", "TCDecoder", "WanDiT",
     "chunk_lr_ranges", "count_parameters", "get_config", "infer_config", "is_official_layout", "load_official",
     "padded_length", "run_clip", "save_official", "tensor_noise",

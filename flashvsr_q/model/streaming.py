@@ -23,6 +23,7 @@ from flashvsr_q.model.dit import DiTConditioning, KVCache
 from flashvsr_q.model.flashvsr import FlashVSR
 from flashvsr_q.model.lq_proj import LQProjState
 from flashvsr_q.model.tc_decoder import DecoderState
+from flashvsr_q.model.wan_vae import FeatureCache
 
 FIRST_CHUNK_LATENTS = 6
 CHUNK_LATENTS = 2
@@ -97,11 +98,15 @@ class ChunkOutput:
 
 @dataclass
 class StreamState:
+    """What one stream carries between chunks: KV caches, LQ-projection caches, the decoder's memory (TCDecoder
+    MemBlocks in Tiny, the Wan VAE's causal cache in Full), the chunk counter and the last LR frames."""
+
     caches: list[KVCache]
     lq: LQProjState = field(default_factory=LQProjState)
     decoder: DecoderState = field(default_factory=DecoderState)
     chunk: int = 0
     lr_tail: torch.Tensor | None = None  # last 4 LR frames of the previous chunk (decoder conditioning)
+    vae: FeatureCache = field(default_factory=FeatureCache)  # Full pipeline only
 
 
 class FlashVSRStream:
@@ -154,7 +159,9 @@ class FlashVSRStream:
         # the decoder is conditioned on the LR frames aligned with the frames it outputs
         cond = lr[:, :, :FIRST_CHUNK_OUTPUT] if first else torch.cat([st.lr_tail, lr[:, :, :LOOKAHEAD]], dim=2)
         frames = None
-        if self.decode:
+        if self.decode and model.vae is not None:  # Full: the Wan VAE, its causal cache carried across chunks
+            frames = model.vae.decode(latents, st.vae).clamp_(-1, 1)  # clamped, as the official decode
+        elif self.decode:
             frames = model.decoder(latents.transpose(1, 2), cond, st.decoder).transpose(1, 2) * 2 - 1
         first_frame = 0 if first else FIRST_CHUNK_OUTPUT + CHUNK_FRAMES * (st.chunk - 1)
         st.lr_tail = lr[:, :, -LOOKAHEAD:]

@@ -256,11 +256,37 @@ class WanVAEDecoder(nn.Module):
 
     def step(self, latent: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         """Decode one latent frame [B, 16, 1, h, w] (DiT output, normalised) -> [B, 3, 1 or 4, 8h, 8w], unclamped."""
-        z = latent.to(self.std.dtype) * self.std + self.mean
+        z = latent.float() * self.std.float() + self.mean.float()  # fp32 even after model.to(bf16)
         x = self.conv2(z.to(self.conv2.weight.dtype))
         out = self.decoder(x, cache)
         cache.steps += 1
         return out
+
+    def decode(self, latents: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        """Decode consecutive latents [B, 16, t, h, w] after those ``cache`` has seen -> frames [B, 3, T', 8h, 8w]
+        (T' = 4t - 3 on the video's first call, 4t later), unclamped; one latent at a time, as the official code."""
+        device = self.conv2.weight.device
+        return torch.cat([self.step(latents[:, :, i : i + 1].to(device), cache) for i in range(latents.shape[2])],
+                         dim=2)
+
+
+def cache_elements(config: WanVAEConfig, height: int, width: int) -> int:
+    """Elements a :class:`FeatureCache` holds between latent steps for frames of ``height x width`` output pixels
+    (multiples of 8), from the second step on: :data:`CACHE_FRAMES` input frames of every causal conv run by
+    ``step`` (the 1x1x1 ``conv2`` and the shortcuts run without a cache). About 2,400 per pixel at the official
+    width, i.e. ~9 KiB per output pixel in fp32."""
+    dims = config.decoder_dims
+    temporal = config.temporal_downsample[::-1]
+    pixels = height * width // SPATIAL_UP**2  # at the latent resolution
+    total = (config.z_dim + 4 * dims[0]) * pixels  # decoder.conv1 and the middle's two residual blocks
+    for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        in_dim = in_dim // 2 if i > 0 else in_dim
+        total += (in_dim + (2 * config.num_res_blocks + 1) * out_dim) * pixels  # the stage's residual blocks
+        if i < len(dims) - 2:
+            total += out_dim * pixels if temporal[i] else 0  # the upsampling's time_conv
+            pixels *= 4
+    total += dims[-1] * pixels  # the head's conv
+    return CACHE_FRAMES * total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,10 +402,10 @@ class WanVAEStream:
     def _decode_tile(self, latents: torch.Tensor, tile: _Tile) -> torch.Tensor:
         device = self.decoder.conv2.weight.device
         cache = tile.cache.to(device) if self.cache_device is not None else tile.cache
-        frames = [self.decoder.step(latents[:, :, i : i + 1].to(device), cache) for i in range(latents.shape[2])]
+        frames = self.decoder.decode(latents, cache)
         if self.cache_device is not None:
             cache.to(self.cache_device)
-        return torch.cat(frames, dim=2)
+        return frames
 
     def _plan(self, h: int, w: int) -> list[_Tile]:
         if self.tiles is None:

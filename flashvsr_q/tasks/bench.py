@@ -1,6 +1,6 @@
 """``flashvsr-q bench``: speed and memory of upscaler configurations on synthetic footage.
 
-Each configuration (model, attention backend, tiling, dtype, torch.compile, output size, frame count) runs
+Each configuration (model, pipeline, attention backend, tiling, dtype, torch.compile, output size, frame count) runs
 ``upscale_frames`` over a deterministic synthetic clip generated frame by frame (no decoding or encoding cost),
 by default in a fresh subprocess so that peak RSS and device peaks belong to that configuration alone.
 Reported: FPS, first-output latency, CPU seconds of the process (robust to other load on a shared machine), peak
@@ -10,6 +10,7 @@ with the number of frames), and the environment (device name, driver, torch, CUD
 
     flashvsr-q bench --model small --size 512x512 --frames 100,400 --tile off,256x32 -o results.json
     flashvsr-q bench --checkpoint DIR --recipe none,int8-weight-only --device cuda -o quantized.json
+    flashvsr-q bench --pipeline tiny,full --size 128x128 --frames 25,49 -o full.json   # Full: the Wan VAE decoder
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashvsr_q.checkpoints import load_checkpoint
+from flashvsr_q.checkpoints import attach_vae, load_checkpoint
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json, write_text
 from flashvsr_q.infer.checks import resolve_device, resolve_dtype
@@ -36,7 +37,7 @@ from flashvsr_q.infer.compile import compile_blocks
 from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
 from flashvsr_q.infer.pipeline import upscale_frames
 from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
-from flashvsr_q.model import FlashVSR, get_config
+from flashvsr_q.model import WAN_VAE_PRESETS, FlashVSR, WanVAEDecoder, get_config, synthetic_wan_vae_state
 from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
 
 
@@ -58,6 +59,7 @@ class BenchConfig:
     vram: str | None = None
     seed: int = 0
     recipe: str | None = None  # quantization recipe applied while loading (name or YAML path)
+    pipeline: str = "tiny"  # "full": the Wan2.1 VAE decoder (the checkpoint's, else random official-size weights)
 
 
 def synthetic_frames(width: int, height: int, count: int, seed: int = 0):
@@ -98,9 +100,11 @@ def _cpu_name() -> str:
 
 
 def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
-    """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded); quantized by ``cfg.recipe``."""
+    """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded); quantized by ``cfg.recipe``.
+    ``cfg.pipeline`` full: with the checkpoint's Wan VAE, or a random one of the official size (the real cost)."""
     if cfg.checkpoint:
-        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=cfg.recipe).eval()
+        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=cfg.recipe,
+                               pipeline=cfg.pipeline).eval()
     try:
         config = get_config(cfg.model)
     except ValueError as exc:
@@ -116,6 +120,12 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
     model = model.to(dtype).eval()
     if cfg.recipe:
         quantize_model(model, resolve_plan(load_recipe(cfg.recipe), model, device))
+    if cfg.pipeline == "full":
+        vae = WanVAEDecoder(WAN_VAE_PRESETS["wan2.1"])
+        vae.load_state_dict(synthetic_wan_vae_state(vae.config, cfg.seed, decoder_only=True))
+        attach_vae(model, vae.to(device, dtype).eval())
+    elif cfg.pipeline != "tiny":
+        raise FlashVSRError(f"--pipeline takes tiny or full, got {cfg.pipeline!r}")
     return model
 
 
@@ -152,7 +162,8 @@ def run_config(cfg: BenchConfig) -> dict:
     peaks = peak_device_memory(device) or {}
     plan = plans[-1]
     return {
-        "config": dataclasses.asdict(cfg), "backend": backend.name, "dtype": str(dtype).removeprefix("torch."),
+        "config": dataclasses.asdict(cfg), "pipeline": model.pipeline, "backend": backend.name,
+        "dtype": str(dtype).removeprefix("torch."),
         "frames_out": count, "seconds": round(total, 3), "fps": round(count / total, 4), "cpu_s": round(cpu, 3),
         "first_output_s": round(first, 3), "build_s": round(build_s, 3), "tiling": plan.plan.describe(),
         "tiles": len(plan.plan.tiles), "state_offload": plan.offload, "estimated_peak": plan.estimate.peak,
@@ -193,6 +204,7 @@ def to_markdown(results: list[dict]) -> str:
     for r in results:
         c = r["config"]
         model = (c["checkpoint"] or c["model"]) + (f" + {c['recipe']}" if c.get("recipe") else "")
+        model += f" ({c['pipeline']})" if c.get("pipeline", "tiny") != "tiny" else ""
         rows.append(f"| {model} | {r['backend']} | {r['dtype']} | "
                     f"{'on' if c['compile'] else 'off'} | {c['width']}x{c['height']} | {r['frames_out']} | "
                     f"{r['tiling']} | {r['fps']:.3f} | {r['cpu_s']:.1f} | {r['first_output_s']:.2f} | "
@@ -211,6 +223,7 @@ class BenchOptions:
 
     checkpoint: str | None = None
     model: str = "small"
+    pipeline: str = "tiny"
     recipe: str | None = None
     attention: str = "auto"
     tile: str = "off"
@@ -233,9 +246,9 @@ def configs_from_options(options: BenchOptions) -> list[BenchConfig]:
     """Every combination of the options' comma-separated axes, as configurations."""
     o, configs = options, []
     recipes = [None if r in (None, "none") else r for r in _split(o.recipe)]
-    for recipe, attention, tile, dtype, comp, size, frames in itertools.product(
-            recipes, _split(o.attention), _split(o.tile), _split(o.dtype), _split(o.compile), _split(o.size),
-            _split(o.frames)):
+    for pipeline, recipe, attention, tile, dtype, comp, size, frames in itertools.product(
+            _split(o.pipeline), recipes, _split(o.attention), _split(o.tile), _split(o.dtype), _split(o.compile),
+            _split(o.size), _split(o.frames)):
         try:
             width, height = (int(v) for v in size.lower().split("x"))
             count = int(frames)
@@ -243,8 +256,10 @@ def configs_from_options(options: BenchOptions) -> list[BenchConfig]:
             raise FlashVSRError(f"--size takes WxH and --frames integers, got {size!r} / {frames!r}") from None
         if comp not in ("on", "off"):
             raise FlashVSRError(f"--compile takes on/off, got {comp!r}")
+        if pipeline not in ("tiny", "full"):
+            raise FlashVSRError(f"--pipeline takes tiny and/or full, got {pipeline!r}")
         configs.append(BenchConfig(o.model, o.checkpoint, attention, tile, dtype, comp == "on", width, height,
-                                   count, o.scale, o.device, o.vram, recipe=recipe))
+                                   count, o.scale, o.device, o.vram, recipe=recipe, pipeline=pipeline))
     return configs
 
 

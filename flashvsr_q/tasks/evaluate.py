@@ -64,6 +64,7 @@ class EvaluateOptions:
     dtype: str | None = None
     sweep: str = "product"
     color_fix: str = "adain"
+    pipeline: str = "tiny"
     calibration: str | None = None
     no_bicubic: bool = False
     metrics: str = "all"
@@ -87,7 +88,7 @@ def evaluate(options: EvaluateOptions, log: Callable[[str], None] = _stderr) -> 
     if any(axes.values()) or not configs:
         configs = sweep(axes["checkpoints"] or [None], axes["recipes"] or [None], axes["tiles"] or ["off"],
                         axes["attentions"] or ["sparse"], axes["dtypes"] or [None], mode=o.sweep, bicubic=False,
-                        color_fix=o.color_fix, calibration=o.calibration) + configs
+                        color_fix=o.color_fix, calibration=o.calibration, pipeline=o.pipeline) + configs
     if not o.no_bicubic and BICUBIC.name not in [c.name for c in configs]:
         configs.insert(0, BICUBIC)
     metrics = list(DEFAULT_METRICS) if o.metrics.strip() == "all" else split_list(o.metrics)

@@ -4,6 +4,7 @@
 
     summary = upscale(UpscaleOptions("in.mp4", "out.mp4", tile="auto", vram="8GB"))
     summary = upscale(UpscaleOptions("in.mp4", "out.mp4", recipe="int8-weight-only"))   # quantized while loading
+    summary = upscale(UpscaleOptions("in.mp4", "out.mp4", checkpoint="flashvsr-v1.1", pipeline="full"))  # Wan VAE
     for report in preflight(UpscaleOptions("in.mp4", "out.mp4", vram="8GB")):           # the plan, nothing written
         print(report.describe())
 
@@ -36,7 +37,7 @@ from flashvsr_q.infer.progress import Summary, summaries_json
 from flashvsr_q.infer.resume import MANIFEST_NAME
 from flashvsr_q.infer.runner import DEFAULT_SEGMENT_FRAMES, Job, run_job
 from flashvsr_q.infer.tiling import Geometry, parse_tile
-from flashvsr_q.model import FlashVSR
+from flashvsr_q.model import PIPELINES, FlashVSR
 from flashvsr_q.quant import QuantPlan
 from flashvsr_q.tasks.outputs import OutputClash, RunLock, check_output, check_paths, owned_marker
 from flashvsr_q.video.segments import OUTPUT_FORMATS, EncoderSettings
@@ -54,7 +55,11 @@ class UpscaleOptions:
     Attributes:
         input, output: paths (see the module docstring for the kinds). ``output`` None: report inputs only
             (:func:`preflight`).
-        checkpoint: checkpoint folder (None: ``$FLASHVSR_Q_CHECKPOINT`` or the shipped small model).
+        checkpoint: checkpoint folder (None: ``$FLASHVSR_Q_CHECKPOINT`` or the shipped small model), or a release
+            name (``flashvsr-v1.1``, ``flashvsr-v1``: the folder ``flashvsr-q fetch`` fills).
+        pipeline: ``tiny`` (TCDecoder) or ``full`` (the Wan2.1 VAE decoder, ``Wan2.1_VAE.pth`` in the checkpoint
+            folder; slower, what the official Full pipeline runs). A model passed in runs its own pipeline;
+            ``full`` then requires one with a VAE.
         recipe: quantization recipe applied on the fly while loading: a shipped name (``int8-weight-only``), a
             YAML path or a ``Recipe``. The memory plan then counts the quantized weights.
         variant: ``"v1"`` | ``"v1.1"``: the LQ projection of an official folder (its files cannot tell; None means
@@ -79,6 +84,7 @@ class UpscaleOptions:
     input: str | Path
     output: str | Path | None = None
     checkpoint: str | Path | None = None
+    pipeline: str = "tiny"
     recipe: RecipeLike | None = None
     variant: str | None = None
     calibration: CalibrationLike | None = None
@@ -230,7 +236,8 @@ def load_model(options: UpscaleOptions, log: Log = log_stderr) -> FlashVSR:
             log(f"note: recipe {plan.recipe.name} uses no calibration statistics; --calibration is ignored")
 
     model = load_checkpoint(options.checkpoint, dtype=resolve_dtype(options.dtype, device), device=device,
-                            variant=options.variant, recipe=recipe, calibration=calibration, on_plan=on_plan)
+                            variant=options.variant, recipe=recipe, calibration=calibration, on_plan=on_plan,
+                            pipeline=options.pipeline)
     if recipe is not None:
         log(f"weights after {recipe.name}: {format_bytes(module_bytes(model))}")
     return model
@@ -268,6 +275,8 @@ def check_options(o: UpscaleOptions, model: FlashVSR | None = None) -> tuple[Ups
     Raises FlashVSRError, one line naming the option, for each bad value.
     """
     settings = UpscaleSettings(o.scale, o.color_fix, o.seed, o.lcsa or LCSASettings())
+    if o.pipeline not in PIPELINES:
+        raise FlashVSRError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {o.pipeline!r}")
     if isinstance(o.segment_frames, bool) or not isinstance(o.segment_frames, int) or o.segment_frames < 1:
         raise FlashVSRError(f"--segment-frames must be a whole number of frames >= 1 (rounded to chunks of 8), got "
                             f"{o.segment_frames!r}")
@@ -319,6 +328,9 @@ def prepare(options: UpscaleOptions, model: FlashVSR | None = None, log: Log = l
         if given:
             raise FlashVSRError(f"{', '.join(given)} only apply when the model is loaded here; the model passed in "
                                 "is used as it is")
+        if o.pipeline == "full" and model.vae is None:
+            raise FlashVSRError("pipeline full needs a model with its Wan VAE decoder: load it with "
+                                "load_checkpoint(..., pipeline='full')")
         if o.device is not None and torch.device(o.device) != model.device:
             raise FlashVSRError(f"the model is on {model.device} but device={o.device} was asked for")
     backend = model.set_attention(o.attention, model.device)

@@ -1,13 +1,21 @@
-"""`fetch`: official files downloaded (through a fake hub), verified, renamed into place; release names resolve."""
+"""`fetch`: official files downloaded (through a fake hub), verified, renamed into place; release names resolve
+(also as ``--checkpoint flashvsr-v1.1``, with the Full pipeline's VAE); offline is a one-line error."""
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import random_model
 from huggingface_hub.errors import LocalEntryNotFoundError
+from PIL import Image
 
 import flashvsr_q.tasks.fetch as fetch_module
+from flashvsr_q.checkpoints import load_checkpoint
 from flashvsr_q.errors import CheckpointError
 from flashvsr_q.model import is_official_layout, save_official
 from flashvsr_q.model.official_release import (
@@ -145,3 +153,43 @@ def test_release_name_resolves_the_fetched_folder(tmp_path, monkeypatch):
     assert resolve_release_name("flashvsr-v1.1", full=True) == folder
     with pytest.raises(CheckpointError, match="unknown checkpoint name"):
         resolve_release_name("flashvsr-v3")
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flashvsr_q.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_fetch_command_offline_is_one_line_error(tmp_path):
+    proc = _cli("fetch", "v1.1", "--full", "--dir", str(tmp_path / "v11"), env={"HF_HUB_OFFLINE": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "diffusion_pytorch_model_streaming_dmd.safetensors" in lines[0] and "JunhaoZhuang/FlashVSR-v1.1" in lines[0]
+    assert f"into {tmp_path / 'v11'}/" in lines[0]  # what to download and where to put it
+    assert not (tmp_path / "v11" / "diffusion_pytorch_model_streaming_dmd.safetensors").exists()
+
+
+def test_checkpoint_name_loads_the_fetched_folder_with_its_vae(tmp_path, monkeypatch):
+    """``--checkpoint flashvsr-v1.1`` (a name) resolves through the fetch folder, for both pipelines; before the
+    download it is a one-line error that names the command."""
+    monkeypatch.setenv(ENV_ROOT, str(tmp_path))
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    args = ("upscale", str(image), "-o", str(tmp_path / "out.png"), "--checkpoint", "flashvsr-v1.1", "--device",
+            "cpu", "--dry-run")
+    env = {ENV_ROOT: str(tmp_path)}
+    proc = _cli(*args, "--pipeline", "full", env=env)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "flashvsr-q fetch v1.1 --full" in proc.stderr and str(tmp_path / "FlashVSR-v1.1") in proc.stderr
+
+    folder = release_dir("v1.1")
+    save_official(random_model("test"), folder)
+    assert load_checkpoint("flashvsr-v1.1").pipeline == "tiny"
+    with pytest.raises(CheckpointError, match=r"Wan2.1_VAE.pth missing .* fetch v1.1 --full"):
+        load_checkpoint("flashvsr-v1.1", pipeline="full")
+    save_wan_vae(synthetic_wan_vae_state(WAN_VAE_PRESETS["small"]), folder / WAN_VAE_FILE)
+    model = load_checkpoint("flashvsr-v1.1", pipeline="full")
+    assert model.pipeline == "full" and model.vae.config.base_dim == 8
+    proc = _cli(*args, "--pipeline", "full", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["pipeline"] == "full"
