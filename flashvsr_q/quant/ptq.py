@@ -99,8 +99,11 @@ def layer_calibration(plan: QuantPlan, calibration: CalibrationStats | None) -> 
                          ("computed with another SmoothQuant alpha (calibrate with --recipe)", other_alpha)):
         if items:
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            fix = (f"; make them with `flashvsr-q calibrate --recipe {recipe.name} --footage ... -o STATS` (the recipe "
+                   "tells calibrate which layers to smooth and with which alpha)" if label != "of the wrong shape"
+                   else "; the statistics are of another model: calibrate this one")
             raise RecipeError(f"recipe {recipe.name}: {what} {label} for {len(items)} layer(s): "
-                              f"{', '.join(items[:3])}{more}")
+                              f"{', '.join(items[:3])}{more}{fix}")
     return out
 
 

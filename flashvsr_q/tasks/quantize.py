@@ -22,11 +22,13 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.checkpoints import CalibrationLike, RecipeLike, checkpoint_kind, default_checkpoint
 from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.files import is_owned
+from flashvsr_q.infer.checks import resolve_device
 from flashvsr_q.model import OFFICIAL_FILES, FlashVSR, infer_config, load_official
 from flashvsr_q.quant import (
     CalibrationStats,
     QuantPlan,
     Recipe,
+    RecipeError,
     load_recipe,
     quantize_official,
     resolve_plan,
@@ -97,6 +99,7 @@ def quantize(options: QuantizeOptions, on_plan: Callable[[QuantPlan], None] | No
     if o.dtype not in DTYPES:
         raise FlashVSRError(f"--dtype must be one of {', '.join(DTYPES)}, got {o.dtype!r}")
     dtype = DTYPES[o.dtype]
+    resolve_device(o.device)  # `--device cuda` without CUDA is said now, not at the scheme check
     source = Path(o.checkpoint) if o.checkpoint else default_checkpoint()
     output = Path(o.output)
     reads = [source] + [p for p in (o.calibration, o.recipe) if isinstance(p, (str, Path)) and Path(p).exists()]
@@ -118,6 +121,9 @@ def quantize(options: QuantizeOptions, on_plan: Callable[[QuantPlan], None] | No
         return QuantizeResult(output, None, _folder_bytes(output))
 
     recipe = o.recipe if isinstance(o.recipe, Recipe) else load_recipe(o.recipe)
+    if recipe.needs_calibration and o.calibration is None:  # before the plan is printed, and in a dry run too
+        raise RecipeError(f"recipe {recipe.name} needs calibration statistics: run `flashvsr-q calibrate --recipe "
+                          f"{recipe.name} --footage ... -o stats.safetensors` and pass --calibration stats.safetensors")
     calibration = o.calibration
     if calibration is not None and not isinstance(calibration, CalibrationStats):
         calibration = CalibrationStats.load(calibration)

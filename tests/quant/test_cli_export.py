@@ -139,3 +139,16 @@ def test_fp8_export_from_cli_and_quantized_models(official, tmp_path):
         quantize_model(model, resolve_plan(load_recipe(name), model))
         export_fp8_official(model, tmp_path / name)
         assert sqnr(reference, dit_output(read_fp8_official(tmp_path / name))) > 22
+
+
+def test_quantize_says_what_is_missing_before_any_plan(tmp_path, capsys):
+    """A recipe that needs statistics is refused before its plan is printed (dry run too), with the command to run;
+    a CUDA device without CUDA is refused at once."""
+    for extra in ([], ["--dry-run"]):
+        assert main(["quantize", "--recipe", "w8a8-int8-smoothquant", "-o", str(tmp_path / "q"), *extra]) == 2
+        captured = capsys.readouterr()
+        assert "plan:" not in captured.out and "flashvsr-q calibrate --recipe w8a8-int8-smoothquant" in captured.err
+    if not torch.cuda.is_available():
+        assert main(["quantize", "--recipe", "int8-weight-only", "-o", str(tmp_path / "q"), "--device", "cuda"]) == 2
+        assert "CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
