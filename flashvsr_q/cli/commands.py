@@ -113,7 +113,9 @@ def run_upscale(args: argparse.Namespace) -> int:
 def add_upscale_settings(parser: argparse.ArgumentParser) -> None:
     """The flags of how a video is upscaled (model, tiling, attention, encoder, segments): `upscale` and `batch`."""
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint folder (default: $FLASHVSR_Q_CHECKPOINT or the shipped small model)")
+                        help="checkpoint folder, or a ComfyUI-native DiT .safetensors file with the official LQ "
+                        "projection, decoder and prompt beside it (default: $FLASHVSR_Q_CHECKPOINT or the shipped "
+                        "small model)")
     parser.add_argument("--pipeline", default="tiny", choices=("tiny", "full"), help="tiny: the TCDecoder "
                         "(default, fast); full: the Wan2.1 VAE decoder (Wan2.1_VAE.pth in the checkpoint folder, "
                         "`flashvsr-q fetch v1.1 --full`), the official Full pipeline: slower, more memory")
