@@ -36,8 +36,10 @@ def upsampled(frames: list[np.ndarray], scale: int) -> np.ndarray:
 
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 30), h=st.integers(1, 24), w=st.integers(1, 24), scale=st.sampled_from([1, 2, 3, 4]),
-       tile=st.sampled_from(["off", "32x32", "64x16"]))
+       tile=st.sampled_from(["off", "smallest", "wider"]))
 def test_n_frames_in_n_frames_out_aligned(n, h, w, scale, tile, test_model):
+    smallest = -(-256 // scale)  # LR px of the smallest tile allowed: 256 output px
+    tile = {"off": "off", "smallest": f"{smallest}x{smallest // 2}", "wider": f"{2 * smallest}x{smallest // 4}"}[tile]
     frames = random_frames(n, h, w, seed=n * 1000 + h * 10 + w)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("flashvsr_q.infer.pipeline.FlashVSRStream", IdentityStream)
