@@ -310,8 +310,9 @@ def test_variant_is_passed_to_official_folders_and_checked_against_recorded_ones
 
 
 def test_calibration_for_recipes_with_static_scales(tmp_path, checkpoint_dir, capsys):
-    from flashvsr_q.quant import load_recipe, resolve_plan
     from quant_measure import synthetic_calibration
+
+    from flashvsr_q.quant import load_recipe, resolve_plan
 
     image = _image(tmp_path)
     out = tmp_path / "out.png"

@@ -15,10 +15,10 @@ import pytest
 import torch
 from infer.upscale_support import make_clip
 
+from flashvsr_q import upscale
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.infer.pipeline import Cancelled, preprocess
 from flashvsr_q.infer.resume import MANIFEST_NAME, Manifest, ResumeError, fingerprint, load_states, save_states
-from flashvsr_q import upscale
 from flashvsr_q.infer.tiling import Geometry
 from flashvsr_q.model import FlashVSRStream, SeededNoise
 
