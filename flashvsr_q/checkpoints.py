@@ -56,6 +56,7 @@ from flashvsr_q.quant import (
     quantize_official,
     resolve_plan,
 )
+from flashvsr_q.quant.checkpoint import read_manifest
 from flashvsr_q.quant.comfy import SIDECAR, ComfyDiT, apply_comfy, read_comfy
 from flashvsr_q.shipped import small_model_dir
 
@@ -269,7 +270,7 @@ def attach_vae(model: FlashVSR, vae: WanVAEDecoder | None, recipe: Recipe | None
 
 
 def load_checkpoint(
-    path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.bfloat16,
+    path: str | os.PathLike | None = None, *, dtype: torch.dtype | None = torch.bfloat16,
     device: torch.device | str = "cpu", variant: str | None = None, recipe: RecipeLike | None = None,
     calibration: CalibrationLike | None = None, on_plan: Callable[[QuantPlan], None] | None = None,
     pipeline: str = "tiny",
@@ -280,7 +281,9 @@ def load_checkpoint(
         path: folder, or a ComfyUI-native DiT ``.safetensors`` file (see the module docstring); None means
             :func:`default_checkpoint`. A release name (``flashvsr-v1.1``, ``flashvsr-v1``) means the folder
             ``flashvsr-q fetch`` fills.
-        dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU).
+        dtype: compute dtype of the unquantized parts (bf16 on GPU; fp32 is exact on CPU). None: a compressed
+            checkpoint's own (the one it was quantized for, which some kernels require), else bf16 on CUDA and
+            fp32 on the CPU.
         variant: for official folders, which LQ projection the weights are for ("v1" or "v1.1"; None: v1.1, the
             files cannot tell). Folders that record their architecture (a compressed manifest, a config sidecar) use
             what they record, and a ``variant`` that contradicts it is an error.
@@ -308,6 +311,9 @@ def load_checkpoint(
         raise FlashVSRError(f"--pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
     path = resolve_checkpoint(path, full=pipeline == "full")
     kind = checkpoint_kind(path)
+    if dtype is None:
+        dtype = (getattr(torch, read_manifest(path)["compute_dtype"]) if kind == "compressed"
+                 else torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     recipe, calibration = read_recipe_and_calibration(recipe, calibration)
     vae = load_vae(path, dtype=dtype, device=device) if pipeline == "full" else None  # small: checked first
     recipe, vae_recipe = split_recipe(recipe) if recipe is not None else (None, None)

@@ -246,7 +246,7 @@ def load_config_model(config: EvalConfig, device: str | torch.device | None = No
     """
 
     dev = resolve_device(device)
-    dtype = resolve_dtype(config.dtype, dev)
+    dtype = resolve_dtype(config.dtype, dev) if config.dtype is not None else None  # None: its own
     model = load_checkpoint(config.checkpoint, dtype=dtype, device=dev, recipe=config.recipe,
                             calibration=config.calibration, pipeline=config.pipeline).eval()
     model.set_attention(config.attention, dev)

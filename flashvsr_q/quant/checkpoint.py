@@ -334,8 +334,10 @@ def load_compressed(
     schemes = {label: scheme_from_dict(s) for label, s in manifest["schemes"].items()}
     for scheme in schemes.values():
         if scheme.device_bound and dtype != saved_dtype:
-            raise CheckpointError(f"{path}: {scheme.name} kernels compute in {saved_dtype}; load it with "
-                                  f"dtype={saved_dtype} (requested {dtype})")
+            short = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+            raise CheckpointError(f"{path}: {scheme.name} kernels compute in {short.get(saved_dtype, saved_dtype)}; "
+                                  f"run it with --dtype {short.get(saved_dtype, saved_dtype)}, or leave --dtype out "
+                                  f"(requested {short.get(dtype, dtype)})")
         if scheme.device_bound and manifest.get("quantized_on") != device.type:
             raise CheckpointError(f"{path}: {scheme.name} weights are packed for {manifest.get('quantized_on')}, "
                                   f"cannot load them on {device.type}; quantize on {device.type}")

@@ -235,7 +235,9 @@ def load_model(options: UpscaleOptions, log: Log = log_stderr) -> FlashVSR:
         if calibration is not None and plan.recipe.calibration == "none":
             log(f"note: recipe {plan.recipe.name} uses no calibration statistics; --calibration is ignored")
 
-    model = load_checkpoint(options.checkpoint, dtype=resolve_dtype(options.dtype, device), device=device,
+    # no --dtype: a compressed checkpoint runs in its own dtype, anything else bf16 on CUDA / fp32 on CPU
+    dtype = resolve_dtype(options.dtype, device) if options.dtype is not None else None
+    model = load_checkpoint(options.checkpoint, dtype=dtype, device=device,
                             variant=options.variant, recipe=recipe, calibration=calibration, on_plan=on_plan,
                             pipeline=options.pipeline)
     if recipe is not None:
