@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flashvsr_q.files import write_text
+from flashvsr_q.quant.stats import synthetic_calibration  # noqa: F401  (used below and by tests)
 
 if TYPE_CHECKING:
     import torch
@@ -75,18 +76,6 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.hwm = _status()["VmHWM"]
-
-
-def synthetic_calibration(plan, seed: int = 0):
-    """Random statistics of the right shapes (for measuring sizes of calibrated recipes, not for quality)."""
-    import torch
-
-    from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
-
-    g = torch.Generator().manual_seed(seed)
-    layers = {fqn: LayerCalibration(torch.rand(p.shape[1], generator=g) * 4 + 0.1,
-                                    torch.rand(p.shape[1], generator=g) + 0.5) for fqn, p in plan.quantized.items()}
-    return CalibrationStats(layers, source_hash="synthetic", meta={"synthetic": True})
 
 
 def measure_one(recipe_name: str, checkpoint: Path, out: Path, device: str = "cpu") -> dict:

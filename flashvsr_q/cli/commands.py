@@ -209,6 +209,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=4, help="scale (default 4)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default cuda when available)")
     parser.add_argument("--vram", default=None, help="budget for --tile auto, e.g. 8GB")
+    parser.add_argument("--calibration", default=None, help="statistics for recipes that need them: a file from "
+                        "`flashvsr-q calibrate`, or synthetic (random statistics of the right shapes: speed only)")
+    parser.add_argument("--profile-stages", action="store_true", help="also time the LQ projection, the DiT, the "
+                        "decoder (or VAE) and the rest (tiling, colour fix, frame I/O) separately, with a device "
+                        "sync around each")
     parser.add_argument("--in-process", action="store_true",
                         help="run configurations in this process (default: a fresh subprocess each, so peak RSS "
                         "and device peaks are per configuration)")

@@ -111,3 +111,17 @@ class CalibrationStats:
             if kind == "input_absmax":
                 layers[fqn] = LayerCalibration(tensor, tensors.get(f"{fqn}.smoothing"), int(samples.get(fqn, 0)))
         return cls(layers, metadata.get("source_hash", ""), json.loads(metadata.get("meta", "{}")))
+
+
+def synthetic_calibration(plan, seed: int = 0) -> CalibrationStats:
+    """Random statistics of the right shapes for every calibrated or smoothed layer of ``plan`` (a ``QuantPlan``):
+    for measuring the speed and size of recipes that need statistics (``flashvsr-q bench --calibration
+    synthetic``), never for quality."""
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for fqn, layer in plan.quantized.items():
+        if layer.scheme.needs_calibration or layer.scheme.supports_smoothing:
+            in_features = layer.shape[1]
+            layers[fqn] = LayerCalibration(torch.rand(in_features, generator=g) * 4 + 0.1,
+                                           torch.rand(in_features, generator=g) + 0.5)
+    return CalibrationStats(layers, source_hash="synthetic", meta={"synthetic": True})

@@ -37,8 +37,16 @@ from flashvsr_q.infer.compile import compile_blocks
 from flashvsr_q.infer.memory import parse_bytes, peak_device_memory
 from flashvsr_q.infer.pipeline import upscale_frames
 from flashvsr_q.infer.progress import peak_rss, reset_device_peaks
-from flashvsr_q.model import WAN_VAE_PRESETS, FlashVSR, WanVAEDecoder, get_config, synthetic_wan_vae_state
-from flashvsr_q.quant import load_recipe, quantize_model, resolve_plan
+from flashvsr_q.model import (
+    WAN_VAE_PRESETS,
+    FlashVSR,
+    WanVAEDecoder,
+    get_config,
+    infer_config,
+    synthetic_wan_vae_state,
+)
+from flashvsr_q.quant import CalibrationStats, load_recipe, quantize_model, resolve_plan
+from flashvsr_q.quant.stats import synthetic_calibration
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class BenchConfig:
     seed: int = 0
     recipe: str | None = None  # quantization recipe applied while loading (name or YAML path)
     pipeline: str = "tiny"  # "full": the Wan2.1 VAE decoder (the checkpoint's, else random official-size weights)
+    calibration: str | None = None  # statistics for recipes that need them: a file, or "synthetic" (speed only)
+    profile_stages: bool = False  # time the LQ projection, DiT, decoder / VAE and the rest separately
 
 
 def synthetic_frames(width: int, height: int, count: int, seed: int = 0):
@@ -103,7 +113,14 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
     """The checkpoint, or a random-weight model of preset ``cfg.model`` (seeded); quantized by ``cfg.recipe``.
     ``cfg.pipeline`` full: with the checkpoint's Wan VAE, or a random one of the official size (the real cost)."""
     if cfg.checkpoint:
-        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=cfg.recipe,
+        recipe = load_recipe(cfg.recipe) if cfg.recipe else None
+        calibration = None
+        if cfg.calibration and recipe is not None:
+            with torch.device("meta"):
+                skeleton = FlashVSR(infer_config(cfg.checkpoint)) if cfg.calibration == "synthetic" else None
+            calibration = (synthetic_calibration(resolve_plan(recipe, skeleton, device))
+                           if skeleton is not None else cfg.calibration)
+        return load_checkpoint(cfg.checkpoint, dtype=dtype, device=device, recipe=recipe, calibration=calibration,
                                pipeline=cfg.pipeline).eval()
     try:
         config = get_config(cfg.model)
@@ -119,7 +136,10 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
         model.prompt.normal_(0, 0.5)
     model = model.to(dtype).eval()
     if cfg.recipe:
-        quantize_model(model, resolve_plan(load_recipe(cfg.recipe), model, device))
+        plan = resolve_plan(load_recipe(cfg.recipe), model, device)
+        calibration = (synthetic_calibration(plan) if cfg.calibration == "synthetic"
+                       else CalibrationStats.load(cfg.calibration) if cfg.calibration else None)
+        quantize_model(model, plan, calibration)
     if cfg.pipeline == "full":
         vae = WanVAEDecoder(WAN_VAE_PRESETS["wan2.1"])
         vae.load_state_dict(synthetic_wan_vae_state(vae.config, cfg.seed, decoder_only=True))
@@ -127,6 +147,50 @@ def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype):
     elif cfg.pipeline != "tiny":
         raise FlashVSRError(f"--pipeline takes tiny or full, got {cfg.pipeline!r}")
     return model
+
+
+class StageTimer:
+    """Wall time spent in each stage of the model (LQ projection, DiT, TCDecoder or Wan VAE), measured around each
+    call with a device sync on either side; what is left of the run is tiling, blending, colour fix and frame I/O.
+    The syncs cost a little overlap on a GPU: use it to see where time goes, and plain runs for FPS."""
+
+    def __init__(self, model: FlashVSR, device: torch.device):
+        self.device, self.seconds = device, {"lq_proj": 0.0, "dit": 0.0, "decoder": 0.0}
+        for name in ("lq_proj", "dit", "decoder"):
+            module = getattr(model, name)
+            module.register_forward_pre_hook(lambda *_: self._start())
+            module.register_forward_hook(lambda *_, name=name: self._stop(name))
+        if model.vae is not None:  # the VAE is called through .decode, not forward
+            decode = model.vae.decode
+            self.seconds["vae"] = 0.0
+
+            def timed_decode(*args, **kwargs):
+                self._start()
+                try:
+                    return decode(*args, **kwargs)
+                finally:
+                    self._stop("vae")
+
+            model.vae.decode = timed_decode
+        self._t = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _start(self) -> None:
+        self._sync()
+        self._t = time.perf_counter()
+
+    def _stop(self, name: str) -> None:
+        self._sync()
+        self.seconds[name] += time.perf_counter() - self._t
+
+    def stages(self, total: float) -> dict[str, float]:
+        """Seconds per stage, and ``other`` (tiling, blending, colour fix, frame I/O) so that they sum to ``total``."""
+        out = {k: round(v, 3) for k, v in self.seconds.items() if k != "decoder" or v > 0}
+        out["other"] = round(total - sum(self.seconds.values()), 3)
+        return out
 
 
 def run_config(cfg: BenchConfig) -> dict:
@@ -141,6 +205,7 @@ def run_config(cfg: BenchConfig) -> dict:
     if cfg.compile:
         compile_blocks(model)
     build_s = time.perf_counter() - t_build
+    timer = StageTimer(model, device) if cfg.profile_stages else None
     plans = []
     rss_model = peak_rss()
     reset_device_peaks(device)
@@ -169,6 +234,7 @@ def run_config(cfg: BenchConfig) -> dict:
         "tiles": len(plan.plan.tiles), "state_offload": plan.offload, "estimated_peak": plan.estimate.peak,
         "peak_allocated": peaks.get("allocated"), "peak_reserved": peaks.get("reserved"), "peak_rss": peak_rss(),
         "peak_rss_model": rss_model, "peak_rss_first_output": rss_first,
+        **({"stages": timer.stages(total)} if timer is not None else {}),
         "environment": environment(device),
     }
 
@@ -234,6 +300,8 @@ class BenchOptions:
     scale: int = 4
     device: str | None = None
     vram: str | None = None
+    calibration: str | None = None
+    profile_stages: bool = False
     in_process: bool = False
     output: str | None = None
 
@@ -259,7 +327,8 @@ def configs_from_options(options: BenchOptions) -> list[BenchConfig]:
         if pipeline not in ("tiny", "full"):
             raise FlashVSRError(f"--pipeline takes tiny and/or full, got {pipeline!r}")
         configs.append(BenchConfig(o.model, o.checkpoint, attention, tile, dtype, comp == "on", width, height,
-                                   count, o.scale, o.device, o.vram, recipe=recipe, pipeline=pipeline))
+                                   count, o.scale, o.device, o.vram, recipe=recipe, pipeline=pipeline,
+                                   calibration=o.calibration, profile_stages=o.profile_stages))
     return configs
 
 

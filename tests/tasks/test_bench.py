@@ -66,3 +66,17 @@ def test_recipes_are_a_dimension_and_quantize_the_model():
                                           recipe=recipe)) for recipe in (None, "int8-weight-only"))
     assert int8["estimated_peak"] < plain["estimated_peak"]  # the planner counts the quantized weights
     assert "| test + int8-weight-only |" in to_markdown([int8])
+
+
+def test_stage_profile_sums_to_the_run_and_calibrated_recipes_run_on_synthetic_statistics():
+    plain = run_config(BenchConfig(model="test", width=64, height=64, frames=9, device="cpu", dtype="fp32",
+                                   profile_stages=True))
+    stages = plain["stages"]
+    assert set(stages) == {"lq_proj", "dit", "decoder", "other"} and all(v >= 0 for v in stages.values())
+    assert abs(sum(stages.values()) - plain["seconds"]) < 0.01 and stages["dit"] > 0
+    with pytest.raises(FlashVSRError, match="needs calibration statistics"):
+        run_config(BenchConfig(model="test", width=8, height=8, frames=1, device="cpu", dtype="fp32",
+                               recipe="w8a8-int8-smoothquant"))
+    calibrated = run_config(BenchConfig(model="test", width=8, height=8, frames=1, device="cpu", dtype="fp32",
+                                        recipe="w8a8-int8-smoothquant", calibration="synthetic"))
+    assert calibrated["frames_out"] == 1 and "stages" not in calibrated
