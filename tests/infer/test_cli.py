@@ -223,7 +223,8 @@ def test_recipe_on_the_fly_equals_quantize_then_upscale(tmp_path):
         value = tensor.dequantize() if type(tensor) is not torch.Tensor else tensor
         assert torch.equal(value, compressed[name].dequantize() if type(tensor) is not torch.Tensor
                            else compressed[name]), name
-        changed += not torch.equal(value, original[name])
+        if name in original:  # weight-only convolutions store codes and scales under new names
+            changed += not torch.equal(value, original[name])
     assert changed >= 40  # every DiT linear
     outs = {name: tmp_path / f"{name}.png" for name in ("on_the_fly", "compressed")}
     assert upscale_cli(image, "-o", outs["on_the_fly"], "--checkpoint", shipped, "--recipe", "int8-weight-only") == 0
@@ -244,7 +245,9 @@ def test_dry_run_counts_the_recipe_weights_and_writes_nothing(tmp_path, checkpoi
     plan = resolve_plan(load_recipe("int8-weight-only"), random_model("test"), "cpu")
     int8_params = sum(layer.numel for layer in plan.quantized.values())
     saved = plain["estimate"]["weights"] - int8["estimate"]["weights"]
-    assert 0.9 * 3 * int8_params < saved < 3 * int8_params  # fp32 -> int8, plus the per-row scales
+    # fp32 -> int8 plus scales: per row for linears, per group of 128 for the convolutions, whose scales weigh more
+    # on the test model's narrow layers
+    assert 0.6 * 3 * int8_params < saved < 3 * int8_params
     assert int8["estimate"]["peak"] - int8["estimate"]["weights"] == plain["estimate"]["peak"] - \
         plain["estimate"]["weights"]  # only the weight term changes
     assert (plain["input_size"], plain["output_size"], plain["frames"]) == ([8, 6], [32, 24], 1)
