@@ -13,10 +13,12 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flashvsr_q import tasks
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.shipped import quantization_recipes
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -120,8 +122,8 @@ def add_upscale_settings(parser: argparse.ArgumentParser) -> None:
                         "(default, fast); full: the Wan2.1 VAE decoder (Wan2.1_VAE.pth in the checkpoint folder, "
                         "`flashvsr-q fetch v1.1 --full`), the official Full pipeline: slower, more memory")
     parser.add_argument("--recipe", default=None, help="quantize while loading with this recipe: a shipped name "
-                        "(int8-weight-only, w8a8-int8, fp8-storage, nf4, ...) or a YAML file; the memory plan "
-                        "counts the quantized weights")
+                        f"({', '.join(quantization_recipes())}) or a YAML file; the memory plan counts the "
+                        "quantized weights")
     parser.add_argument("--variant", default=None, choices=("v1", "v1.1"), help="LQ projection of an official "
                         "folder (its files cannot tell; default v1.1); folders that record theirs must agree")
     parser.add_argument("--calibration", default=None, help="activation statistics from `flashvsr-q calibrate`, "
@@ -256,8 +258,8 @@ def run_fetch(args: argparse.Namespace) -> int:
 @command("quantize", "quantize a checkpoint with a recipe into a compressed checkpoint (or export fp8 official)")
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--recipe", help="recipe YAML file, or the name of a shipped one in recipes/ "
-                      "(int8-weight-only, w8a8-int8, fp8-storage, nf4, ...)")
+    what.add_argument("--recipe", help="recipe YAML file, or the name of a shipped one: "
+                      f"{', '.join(quantization_recipes())}")
     what.add_argument("--export", choices=("fp8-official",),
                       help="instead of a compressed checkpoint, write the official file layout with fp8 e4m3 DiT "
                       "linears and per-tensor scale_weight (ComfyUI scaled-fp8 convention)")
@@ -426,7 +428,7 @@ def run_eval(args: argparse.Namespace) -> int:
     task = options(tasks.evaluate.EvaluateOptions, args, command=command)
     results = tasks.evaluate.evaluate(task, log=quiet if args.quiet else stderr)
     print(tasks.evaluate.describe_results(results))
-    print(f"report written to {args.output}/ ({', '.join(sorted(p.name for p in results.files.values()))})")
+    print(f"report written to {Path(args.output)}/ ({', '.join(sorted(p.name for p in results.files.values()))})")
     if args.update_doc:
         print(f"updated {args.update_doc}")
     return 0

@@ -34,7 +34,7 @@ import yaml
 from flashvsr_q.errors import BackendUnavailable, FlashVSRError
 from flashvsr_q.quant.schemes import SCHEMES, ConvWeightOnly, Scheme, get_scheme
 from flashvsr_q.quant.smoothquant import alpha_for
-from flashvsr_q.shipped import recipes_dir
+from flashvsr_q.shipped import quantization_recipes
 
 CALIBRATION_MODES = ("none", "optional", "required")
 KIND = "quantization"
@@ -86,15 +86,7 @@ class Recipe:
 
 def shipped_recipes() -> dict[str, Path]:
     """name -> path of every quantization recipe in ``recipes/`` (files with ``kind: quantization``)."""
-    out = {}
-    for path in sorted(recipes_dir().glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, dict) and data.get("kind") == KIND:
-            out[path.stem] = path
-    return out
+    return quantization_recipes()
 
 
 def runnable_recipes(device: torch.device | str) -> list[str]:

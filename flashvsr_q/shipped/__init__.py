@@ -42,3 +42,15 @@ def calibration_dir() -> Path:
 def small_model_dir() -> Path:
     """The shipped small model (``checkpoints/flashvsr-small``), an official-layout folder."""
     return folder(SMALL_MODEL)
+
+
+def quantization_recipes() -> dict[str, Path]:
+    """name -> file of every shipped quantization recipe (``kind: quantization``; training and QAT recipes are not).
+
+    Read from the files' ``kind:`` line, so listing them (``--help``) loads no YAML parser, torch or recipe schema.
+    """
+    out = {}
+    for path in sorted(recipes_dir().glob("*.yaml")):
+        if any(line.strip() == "kind: quantization" for line in path.read_text().splitlines()):
+            out[path.stem] = path
+    return out
