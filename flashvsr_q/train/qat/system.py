@@ -226,7 +226,8 @@ def check_settings(settings: QATSettings, quant: Recipe) -> None:
         except re.error as exc:
             raise fail(f"train.layers is not a valid regex ({exc})") from None
     for rule in quant.rules:
-        fake_quantize_configs(rule.scheme)  # unsupported schemes fail here, before any training
+        if rule.scheme.name not in QUANTIZED_AT_EXPORT:
+            fake_quantize_configs(rule.scheme)  # unsupported schemes fail here, before any training
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,6 +255,16 @@ class PerTokenSymmetricFakeQuantizer(nn.Module):
         if not self.enabled:
             return x
         return self.rows(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+# Weight-only convolutions (the LQ projection's and the TCDecoder's, in the whole-model recipes) are not fine-tuned:
+# they stay float and frozen while the DiT trains, and are quantized by their PTQ scheme at export.
+QUANTIZED_AT_EXPORT = ("conv_weight_only",)
+
+
+def fake_quantized(plan: QuantPlan) -> dict:
+    """The planned layers QAT fake-quantizes and fine-tunes: all but those quantized only at export."""
+    return {fqn: layer for fqn, layer in plan.quantized.items() if layer.scheme.name not in QUANTIZED_AT_EXPORT}
 
 
 def fake_quantize_configs(scheme: Scheme, dtype: torch.dtype = torch.float32):
@@ -316,7 +327,7 @@ def prepare_student(model: FlashVSR, plan: QuantPlan, train: TrainSettings = Tra
     from torchao.quantization import PerToken, quantize_
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
-    for fqn, layer in plan.quantized.items():
+    for fqn, layer in fake_quantized(plan).items():
         act, weight = fake_quantize_configs(layer.scheme, dtype)
         quantize_(model, QATConfig(activation_config=act, weight_config=weight, step="prepare"),
                   filter_fn=lambda module, name, fqn=fqn: name == fqn)
@@ -333,7 +344,7 @@ def prepare_student(model: FlashVSR, plan: QuantPlan, train: TrainSettings = Tra
 
 def select_trainable(model: FlashVSR, plan: QuantPlan, train: TrainSettings) -> list[str]:
     """Set ``requires_grad`` per :class:`TrainSettings`; returns the names of the trainable parameters."""
-    quantized = tuple(f"{fqn}." for fqn in plan.quantized)
+    quantized = tuple(f"{fqn}." for fqn in fake_quantized(plan))
     rules = {
         "all": lambda name: name.startswith("dit."),
         "quantized": lambda name: name.startswith(quantized),
