@@ -14,7 +14,7 @@ import flashvsr_q
 # lowest first; the packages on one line are siblings and must not import each other
 LAYERS: list[set[str]] = [
     {"errors", "logs"},
-    {"files", "shipped"},
+    {"files", "shipped", "progress"},
     {"video"},
     {"attention"},
     {"model"},

@@ -420,13 +420,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "lines <!-- flashvsr-q eval: begin --> and <!-- flashvsr-q eval: end --> of FILE.md")
     parser.add_argument("-o", "--output", required=True, help="report folder (report.md, table.md, CSV, JSON, PNG)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    parser.add_argument("--json", action="store_true", help="print the means and the report files as JSON on stdout")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     command = shlex.join(["flashvsr-q", *getattr(args, "argv", [])])
-    task = options(tasks.evaluate.EvaluateOptions, args, command=command)
+    task = options(tasks.evaluate.EvaluateOptions, args, command=command, show_progress=not args.quiet)
     results = tasks.evaluate.evaluate(task, log=quiet if args.quiet else stderr)
+    if args.json:
+        files = {kind: str(path) for kind, path in results.files.items()}
+        print(json.dumps({"means": tasks.evaluate.means(results), "files": files}, indent=1, default=str))
+        return 0
     print(tasks.evaluate.describe_results(results))
     print(f"report written to {Path(args.output)}/ ({', '.join(sorted(p.name for p in results.files.values()))})")
     if args.update_doc:
@@ -551,6 +556,12 @@ def _add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metric that ranks sensitivity, lowest first (default sqnr of the decoded frames)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="scheme option (e.g. group_size=64); repeatable")
+    _add_output_arguments(parser)
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
 
 @command("calibrate", "activation statistics of every linear on your footage (observers, SmoothQuant factors); "
@@ -577,7 +588,10 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    result = tasks.calibrate.calibrate(options(tasks.calibrate.CalibrateOptions, args))
+    result = tasks.calibrate.calibrate(options(tasks.calibrate.CalibrateOptions, args, show_progress=not args.quiet))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0
     print(result.describe())
     if result.report is not None:
         _print_report(result.report, result.report_files)
@@ -612,7 +626,11 @@ def add_sensitivity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    result = tasks.calibrate.sensitivity(options(tasks.calibrate.SensitivityOptions, args))
+    result = tasks.calibrate.sensitivity(options(tasks.calibrate.SensitivityOptions, args,
+                                                 show_progress=not args.quiet))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0
     _print_report(result.report, result.files)
     if result.recipe is not None:
         print(f"wrote {result.recipe}: {result.mix}")

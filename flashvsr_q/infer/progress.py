@@ -1,11 +1,10 @@
-"""Progress bar (rich, on stderr) and the end-of-run summary: frames, time, fps, peak memory, what was used."""
+"""The end-of-run summary: frames, time, fps, peak memory, what was used."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -83,44 +82,6 @@ class Summary:
 def summaries_json(summaries: list[Summary]) -> str:
     data = [s.to_dict() for s in summaries]
     return json.dumps(data[0] if len(data) == 1 else data, indent=1)
-
-
-class ProgressBar:
-    """A rich progress bar with frames, fps and ETA on stderr; a no-op when ``enabled`` is False."""
-
-    def __init__(self, description: str, total: int | None, enabled: bool = True):
-        self._progress = None
-        self.start = time.perf_counter()
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
-            TextColumn("{task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False)
-        self._task = self._progress.add_task(description, total=total, fps="-")
-        self._progress.start()
-
-    def update(self, done: int, total: int | None = None, since: int = 0) -> None:
-        if self._progress is None:
-            return
-        elapsed = time.perf_counter() - self.start
-        fps = f"{(done - since) / elapsed:.2f}" if elapsed > 0 and done > since else "-"
-        self._progress.update(self._task, completed=done, total=total, fps=fps)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 def reset_device_peaks(device: torch.device) -> None:

@@ -39,7 +39,7 @@ from flashvsr_q.infer.pipeline import (
     plan_memory,
     smaller_plan,
 )
-from flashvsr_q.infer.progress import ProgressBar, Summary, peak_rss, reset_device_peaks
+from flashvsr_q.infer.progress import Summary, peak_rss, reset_device_peaks
 from flashvsr_q.infer.resume import (
     STATE_NAME,
     Manifest,
@@ -52,6 +52,7 @@ from flashvsr_q.infer.resume import (
 from flashvsr_q.infer.tiling import Geometry, TilePlan
 from flashvsr_q.model import FlashVSR
 from flashvsr_q.model.streaming import CHUNK_FRAMES
+from flashvsr_q.progress import ProgressBar
 from flashvsr_q.video.segments import EncoderSettings, SegmentedWriter
 from flashvsr_q.video.sources import FrameSource, ImageFolderWriter, write_image
 

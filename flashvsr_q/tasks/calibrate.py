@@ -25,6 +25,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_text
 from flashvsr_q.infer.checks import resolve_device, resolve_dtype
 from flashvsr_q.model import FlashVSR
+from flashvsr_q.progress import ProgressBar
 from flashvsr_q.quant.calibration import (
     DIT_BLOCK_LINEARS,
     CalibrationConfig,
@@ -73,6 +74,7 @@ class ClipOptions:
     grouping: str = "layer"
     rank_by: str = "sqnr"
     option: list[str] = field(default_factory=list)
+    show_progress: bool = True  # a bar with ETA on a terminal, plain lines when piped
 
 
 @dataclass(kw_only=True)
@@ -147,11 +149,10 @@ def _scheme(name: str, options: list[str]) -> Scheme:
 
 def _rank(options: ClipOptions, model: FlashVSR, clips, scheme: Scheme, out_dir: Path, seed: int,
           calibration: CalibrationStats | None, smoothing: bool, log: Log) -> tuple[SensitivityReport, dict]:
-    def say(group: str, i: int, total: int) -> None:
-        log(f"  sensitivity {i + 1}/{total}: {group}")
-
-    report = analyze_sensitivity(model, scheme, clips, grouping=options.grouping, rank_by=options.rank_by,
-                                 calibration=calibration, smoothing=smoothing, seed=seed, progress=say)
+    with ProgressBar("sensitivity", None, enabled=options.show_progress, unit="groups") as bar:
+        report = analyze_sensitivity(model, scheme, clips, grouping=options.grouping, rank_by=options.rank_by,
+                                     calibration=calibration, smoothing=smoothing, seed=seed,
+                                     progress=lambda group, i, total: bar.update(i + 1, total))
     return report, write_report(report, out_dir)
 
 
@@ -164,6 +165,13 @@ class CalibrateResult:
     observer: str
     report: SensitivityReport | None = None
     report_files: dict[str, Path] | None = None
+
+    def to_dict(self) -> dict:
+        """What ``flashvsr-q calibrate --json`` prints."""
+        return {"output": str(self.output), "layers": len(self.stats.layers), "observer": self.observer,
+                "chunks": self.stats.meta["chunks"], "smoothed_layers": len(self.stats.meta["smoothed_layers"]),
+                "calibration_set": self.stats.source_hash,
+                "report": {k: str(v) for k, v in (self.report_files or {}).items()} or None}
 
     def describe(self) -> str:
         smoothed = len(self.stats.meta["smoothed_layers"])
@@ -202,8 +210,8 @@ def calibrate(options: CalibrateOptions, log: Log = _stderr) -> CalibrateResult:
     observer = settings.get("observer", "minmax")
     config = CalibrationConfig(observer=observer, percentile=settings.get("percentile", 99.99), alpha=alpha,
                                alpha_overrides=overrides, smooth_layers=smooth_layers, seed=settings["seed"])
-    stats = collect_statistics(model, clips, config, progress=lambda name, i: log(f"  {name}: clip {i + 1}/"
-                                                                                   f"{len(clips)}"))
+    with ProgressBar("calibrate", len(clips), enabled=options.show_progress, unit="clips") as bar:
+        stats = collect_statistics(model, clips, config, progress=lambda name, i: bar.update(i + 1))
     if options.calibration_set:
         stats.meta["calibration_set_file"] = Path(options.calibration_set).name
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +233,11 @@ class SensitivityResult:
     files: dict[str, Path]
     recipe: Path | None = None
     mix: str | None = None
+
+    def to_dict(self) -> dict:
+        """What ``flashvsr-q sensitivity --json`` prints: the files, and the recipe written (if any)."""
+        return {"files": {k: str(v) for k, v in self.files.items()},
+                "recipe": None if self.recipe is None else str(self.recipe), "mix": self.mix}
 
 
 def sensitivity(options: SensitivityOptions, log: Log = _stderr) -> SensitivityResult:

@@ -31,8 +31,9 @@ from flashvsr_q.eval.runner import (
 from flashvsr_q.eval.runner import (
     evaluate as run_evaluation,
 )
+from flashvsr_q.progress import ProgressBar
 
-__all__ = ["EvaluateOptions", "describe_results", "evaluate", "split_list"]
+__all__ = ["EvaluateOptions", "describe_results", "evaluate", "means", "split_list"]
 
 
 def _stderr(message: str) -> None:
@@ -76,6 +77,7 @@ class EvaluateOptions:
     update_doc: str | None = None
     overwrite: bool = False
     command: str | None = None  # the command line recorded in the report
+    show_progress: bool = True  # a bar with ETA over configurations x clips (plain lines when piped)
 
 
 def evaluate(options: EvaluateOptions, log: Callable[[str], None] = _stderr) -> EvalResults:
@@ -96,9 +98,23 @@ def evaluate(options: EvaluateOptions, log: Callable[[str], None] = _stderr) -> 
         check_doc(o.update_doc)  # before the run, not after it
     dataset = load_dataset(o.dataset, o.dataset_kind, frames=o.frames, degradation=o.degradation,
                            seed=o.degradation_seed, crop=parse_crop(o.crop))
-    results = run_evaluation(dataset, configs, metrics, o.output, reference=o.reference, seed=o.seed,
-                             device=o.device, title=o.title, overwrite=o.overwrite, save_frames=o.save_frames,
-                             command=o.command, say=log)
+    with ProgressBar("eval", None, enabled=o.show_progress, unit="runs") as bar:
+        results = run_evaluation(dataset, configs, metrics, o.output, reference=o.reference, seed=o.seed,
+                                 device=o.device, title=o.title, overwrite=o.overwrite, save_frames=o.save_frames,
+                                 command=o.command, say=log, progress=lambda done, total, _: bar.update(done, total))
     if o.update_doc:
         splice_markdown(o.update_doc, results)
     return results
+
+
+def means(results: EvalResults) -> dict[str, dict[str, float]]:
+    """``{config: {metric: mean over clips}}`` of the numeric results (what ``flashvsr-q eval --json`` prints)."""
+    out = {}
+    for config, clips in results.results.items():
+        values: dict[str, list[float]] = {}
+        for metrics in clips.values():
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    values.setdefault(metric, []).append(float(value))
+        out[config] = {metric: sum(v) / len(v) for metric, v in values.items()}
+    return out
