@@ -29,6 +29,7 @@ from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json
 from flashvsr_q.model import FlashVSR, get_config
 from flashvsr_q.model.loading import save_official
+from flashvsr_q.progress import ProgressBar
 from flashvsr_q.train.decoder_fit import fit_decoder, fit_path
 from flashvsr_q.train.init import init_decoder_as_upscaler
 from flashvsr_q.train.output_fit import fit_output_layer
@@ -62,6 +63,37 @@ class StopAfter(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if time.monotonic() - self.start > self.seconds:
             trainer.should_stop = True
+
+
+class PlainProgress(Callback):
+    """Training progress as plain lines (steps, rate, ETA) for logs, where Lightning's redrawn bar would fill the
+    file with control codes; rank 0 only."""
+
+    def __init__(self, description: str):
+        self.description, self.bar = description, None
+
+    def on_train_start(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            self.bar = ProgressBar(self.description, trainer.max_steps, unit="steps")
+            self.bar.update(trainer.global_step, since=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.bar is not None:
+            self.bar.update(trainer.global_step)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def progress_callbacks(progress: bool, description: str) -> tuple[list[Callback], bool]:
+    """(extra callbacks, Lightning's ``enable_progress_bar``): its bar on a terminal, plain lines when stderr is a
+    file or a pipe, nothing when ``progress`` is off."""
+    if not progress:
+        return [], False
+    if sys.stderr.isatty():
+        return [], True
+    return [PlainProgress(description)], False
 
 
 class LossHistory(Callback):
@@ -126,10 +158,12 @@ def train(recipe: TrainRecipe, out_dir: str | os.PathLike, *, resume: bool = Fal
     minutes = max_minutes if max_minutes is not None else recipe.train.max_minutes
     if minutes is not None:
         callbacks.append(StopAfter(minutes))
+    extra, lightning_bar = progress_callbacks(progress, "train")
+    callbacks += extra
     trainer = L.Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=recipe.train.max_steps, max_epochs=-1,
         gradient_clip_val=recipe.optim.grad_clip or None, log_every_n_steps=1, callbacks=callbacks,
-        logger=CSVLogger(out_dir, name="logs"), enable_progress_bar=progress,  # logs/version_N per invocation
+        logger=CSVLogger(out_dir, name="logs"), enable_progress_bar=lightning_bar,  # logs/version_N per invocation
         enable_model_summary=progress, num_sanity_val_steps=0, default_root_dir=out_dir)
 
     # 3. fit (resumes optimiser, scheduler and step count), then checkpoint and export

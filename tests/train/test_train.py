@@ -181,3 +181,21 @@ def test_lbfgs_fit_stages_lower_the_loss_and_are_reproducible():
     before = mse()
     fit_decoder(model, spec, 0, FitSettings(rounds=3, clips=4, iterations=8, crop=32, latents=2))
     assert mse() < before
+
+
+def test_training_progress_is_plain_lines_when_piped_and_absent_when_off(capsys):
+    from types import SimpleNamespace
+
+    from flashvsr_q.train.run import PlainProgress, progress_callbacks
+
+    assert progress_callbacks(False, "train") == ([], False)
+    (plain,), lightning_bar = progress_callbacks(True, "train")  # pytest's stderr is not a terminal
+    assert isinstance(plain, PlainProgress) and lightning_bar is False
+    trainer = SimpleNamespace(is_global_zero=True, max_steps=10, global_step=0)
+    plain.on_train_start(trainer, None)
+    for step in range(1, 11):
+        trainer.global_step = step
+        plain.on_train_batch_end(trainer)
+    plain.on_train_end(trainer, None)
+    err = capsys.readouterr().err
+    assert "train: 1/10 steps (10%)" in err and "train: 10/10 steps (100%)" in err and "\r" not in err

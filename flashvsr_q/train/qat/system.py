@@ -56,7 +56,7 @@ from flashvsr_q.quant.schemes import Scheme
 from flashvsr_q.train.forward import conditioning_with_grad, decode_parallel
 from flashvsr_q.train.qat.data import DEGRADATIONS, QATDataModule, clip_psnr, heldout_clips, recovery_table
 from flashvsr_q.train.recipe import build_settings
-from flashvsr_q.train.run import LossHistory, StopAfter
+from flashvsr_q.train.run import LossHistory, StopAfter, progress_callbacks
 from flashvsr_q.train.system import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -689,13 +689,15 @@ def run_qat(recipe: QATRecipe, checkpoint: str | os.PathLike | None, footage: li
     if minutes is not None:
         callbacks.append(StopAfter(minutes))
     validate = d.val_clips > 0
+    extra, lightning_bar = progress_callbacks(progress, "qat")
+    callbacks += extra
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=make_strategy(strategy, accelerator),
         precision=precision or ("bf16-mixed" if gpu else "32-true"), max_steps=settings.run.max_steps, max_epochs=-1,
         gradient_clip_val=settings.optim.grad_clip or None, log_every_n_steps=1, callbacks=callbacks,
         val_check_interval=min(settings.run.val_every, settings.run.max_steps) if validate else None,
         check_val_every_n_epoch=None, limit_val_batches=1.0 if validate else 0, num_sanity_val_steps=0,
-        logger=CSVLogger(out_dir, name="logs"), enable_progress_bar=progress,
+        logger=CSVLogger(out_dir, name="logs"), enable_progress_bar=lightning_bar,
         enable_model_summary=progress, default_root_dir=out_dir)
 
     # 3. fit (restores student, optimiser, scheduler and step), checkpoint, convert and export on rank 0
