@@ -9,6 +9,7 @@ streams written over time (videos, segments) stage their own temporary files, an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -89,3 +90,12 @@ def swap_in(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks (checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

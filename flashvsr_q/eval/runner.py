@@ -61,7 +61,7 @@ from flashvsr_q.eval.summary import (
 )
 from flashvsr_q.eval.temporal import build_temporal
 from flashvsr_q.eval.weights import MetricUnavailable
-from flashvsr_q.files import staging_dir
+from flashvsr_q.files import staging_dir, swap_in
 from flashvsr_q.infer import upscale_frames
 from flashvsr_q.infer.pipeline import check_cancel
 from flashvsr_q.video.clips import ClipWriter
@@ -315,17 +315,6 @@ def _check_output(out_dir: Path, overwrite: bool) -> None:
         raise FlashVSRError(f"{out_dir} already exists and is not empty; choose another folder or pass --overwrite")
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    # the finished folder replaces the old one in two renames; the old one is deleted only after
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _folder_name(name: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", name).strip("_") or "config"
 
@@ -399,7 +388,7 @@ def evaluate(dataset: Dataset, configs: Sequence[EvalConfig], metrics: Sequence[
             res.info["command"] = command
         if out is not None and staging is not None:
             files = write_eval_report(res, staging, title)
-            _publish(staging, out)
+            swap_in(staging, out)
             res.files = {kind: out / path.relative_to(staging) for kind, path in files.items()}
     except BaseException:
         if staging is not None:

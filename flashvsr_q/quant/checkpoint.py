@@ -32,7 +32,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.errors import CheckpointError
-from flashvsr_q.files import staging_dir
+from flashvsr_q.files import sha256_file, staging_dir
 from flashvsr_q.model import FlashVSR, FlashVSRConfig
 from flashvsr_q.quant.recipes import QuantPlan, Recipe, model_layers
 from flashvsr_q.quant.schemes import NF4, BnbInt8, ConvRotScheme, ConvWeightOnly, Scheme, scheme_from_dict
@@ -58,14 +58,6 @@ def library_versions() -> dict[str, str | None]:
             out[lib] = None
     out["torch"] = torch.__version__
     return out
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ from flashvsr_q.checkpoints import (
     read_recipe_and_calibration,
 )
 from flashvsr_q.errors import FlashVSRError
-from flashvsr_q.files import write_text
+from flashvsr_q.files import sha256_file, write_text
 from flashvsr_q.model import OFFICIAL_FILES, FlashVSR, infer_config, load_official
 from flashvsr_q.quant import CalibrationStats, Recipe, load_compressed, load_recipe
-from flashvsr_q.quant.checkpoint import read_manifest, sha256_file
+from flashvsr_q.quant.checkpoint import read_manifest
 from flashvsr_q.quant.comfy import SUPPORTED, apply_comfy, from_comfy, to_comfy, write_comfy
 from flashvsr_q.quant.export import export_fp8_official
 from flashvsr_q.tasks.outputs import RunLock, check_output

@@ -9,7 +9,6 @@ A file already in place is kept when its hash matches; one that differs is never
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -22,6 +21,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
 from flashvsr_q.errors import FlashVSRError
+from flashvsr_q.files import sha256_file
 from flashvsr_q.model.official_release import ReleaseFile, release_dir, release_files
 
 STAGING = ".flashvsr-q-fetch"
@@ -46,14 +46,6 @@ class FetchOptions:
     version: str = "v1.1"
     directory: Path | None = None
     full: bool = False
-
-
-def sha256_of(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(options: FetchOptions, report: Report = print) -> Path:
@@ -86,7 +78,7 @@ def _check_existing(file: ReleaseFile, target: Path, report: Report) -> None:
     if file.sha256 is None:
         report(f"{file.name} already present; kept (no published SHA-256 to check it against)")
         return
-    actual = sha256_of(target)
+    actual = sha256_file(target)
     if actual != file.sha256:
         raise FetchError(f"{target} exists and is not the official file (SHA-256 {actual[:12]}..., expected "
                          f"{file.sha256[:12]}...); refusing to overwrite it: move it away and fetch again")
@@ -94,7 +86,7 @@ def _check_existing(file: ReleaseFile, target: Path, report: Report) -> None:
 
 
 def _verify(file: ReleaseFile, staged: Path, report: Report) -> None:
-    actual = sha256_of(staged)
+    actual = sha256_file(staged)
     if file.sha256 is None:
         report(f"{file.name}: SHA-256 {actual} (no published hash to check against; not verified)")
     elif actual != file.sha256:

@@ -18,8 +18,9 @@ from safetensors import safe_open
 
 from flashvsr_q.checkpoints import checkpoint_kind, comfy_companions, comfy_dit_file
 from flashvsr_q.errors import CheckpointError
+from flashvsr_q.files import sha256_file
 from flashvsr_q.model import OFFICIAL_FILES, PRESETS, FlashVSR, FlashVSRConfig, infer_config
-from flashvsr_q.quant.checkpoint import read_manifest, sha256_file
+from flashvsr_q.quant.checkpoint import read_manifest
 from flashvsr_q.quant.comfy import read_comfy
 from flashvsr_q.quant.recipes import compact_names, model_layers
 

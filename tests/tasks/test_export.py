@@ -56,7 +56,9 @@ def upscale_image(checkpoint, tmp_path, name):
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(src)
     out = tmp_path / f"{name}.png"
-    assert main(["upscale", str(src), "-o", str(out), "--checkpoint", str(checkpoint), "--tile", "off"]) == 0
+    # one dtype for both: a compressed checkpoint alone would run in its own (bf16), a ComfyUI file in the CPU's fp32
+    assert main(["upscale", str(src), "-o", str(out), "--checkpoint", str(checkpoint), "--tile", "off",
+                 "--dtype", "fp32"]) == 0
     return np.asarray(Image.open(out))
 
 
