@@ -31,3 +31,11 @@ def test_the_shipped_data_is_found_from_any_folder(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300, check=True).stdout
     assert out.split() == ["int8-weight-only", "True"]
+
+
+def test_every_package_folder_is_a_package():
+    """A folder without __init__.py is left out of the wheel (find_packages): the checkout works, the install not."""
+    package = Path(flashvsr_q.__file__).parent
+    folders = {p.parent for p in package.rglob("*.py")}
+    missing = sorted(str(f.relative_to(package)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, missing
