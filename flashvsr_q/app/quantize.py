@@ -136,6 +136,7 @@ def quantize_tab(state: AppState) -> dict:
         try:
             choice = model_choice(ckpt, RECIPE_NONE, dt, dev, var)
             target = state.output_dir / "checkpoints" / calls.checkpoint_folder_name(out_name)
+            target.parent.mkdir(parents=True, exist_ok=True)  # the app's own folder; the quantize task needs it
             job = JOBS.start(session(request), lambda report, cancel: calls.export_checkpoint(
                 text, choice, target, stats, report, cancel, lines.append), "export")
             for text_ in follow(job, progress, lines):

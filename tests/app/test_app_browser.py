@@ -25,6 +25,9 @@ from app.app_support import (
     upload,
     wait_status,
 )
+from helpers import random_model
+
+from flashvsr_q.quant import load_recipe, resolve_plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -63,7 +66,8 @@ def test_upscale_in_the_browser(tmp_path):
         page.get_by_role("tab", name="Quantize").click()
         page.click("#quantize-check")
         plan = wait_status(page, "quantize-status", "int8_weight_only", timeout=60)
-        assert "20 quantized" in plan
+        expected = resolve_plan(load_recipe("int8-weight-only"), random_model("test"), "cpu")
+        assert f"{len(expected.quantized)} quantized" in plan  # the DiT, the LQ projection and the decoder
         type_into(page, "quantize-name", "int8-test")
         page.click("#quantize-export")
         wait_status(page, "quantize-status", "done: ", timeout=60)
