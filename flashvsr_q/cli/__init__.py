@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 
 from flashvsr_q.cli.commands import COMMANDS
@@ -72,7 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, a container stop): unwound like Ctrl-C, so files close and the run can
+    be resumed, then exit 143."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports that record it
@@ -93,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted{resume_hint(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"error: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}{resume_hint(args)}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 def resume_hint(args: argparse.Namespace) -> str:

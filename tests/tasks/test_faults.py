@@ -1,5 +1,5 @@
-"""Faults injected the way they happen: processes killed (SIGKILL, SIGINT) at random points and resumed, two runs on
-one output, outputs that overlap inputs, truncated and damaged containers, bad arguments (issue #17).
+"""Faults injected the way they happen: processes killed (SIGKILL, SIGINT, SIGTERM) at random points and resumed,
+two runs on one output, outputs that overlap inputs, truncated and damaged containers, bad arguments (issue #17).
 
 The kill tests run the real CLI in subprocesses on the small test model; everything else runs in-process, most of it
 with the identity stream (model cost zero) or before the model is loaded.
@@ -145,8 +145,8 @@ def _kill_and_resume(setup, kind: str, sig: signal.Signals, seed: int, tmp_path:
         if proc.poll() is None:
             proc.kill()
     assert not out.exists(), "an interrupted run left an output"
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        assert proc.returncode == (130 if sig == signal.SIGINT else 143)
         line = one_line_error(err)
         resume = shlex.split(line.split("continue with: ", 1)[1])  # the exact command it printed
         assert resume[0] == "flashvsr-q" and resume[-1] == "--resume"
@@ -163,7 +163,7 @@ def _kill_and_resume(setup, kind: str, sig: signal.Signals, seed: int, tmp_path:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,sig,seed", [("video", signal.SIGKILL, 1), ("video", signal.SIGINT, 2),
                                            ("folder", signal.SIGKILL, 3), ("folder", signal.SIGINT, 4),
-                                           ("video", signal.SIGKILL, 5)])
+                                           ("video", signal.SIGKILL, 5), ("video", signal.SIGTERM, 6)])
 def test_kill_at_a_random_point_then_resume_gives_the_same_frames(kill_setup, kind, sig, seed, tmp_path):
     _kill_and_resume(kill_setup, kind, sig, seed, tmp_path)
 
