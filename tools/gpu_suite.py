@@ -418,8 +418,9 @@ def section_profile(s: Suite, rec: dict) -> None:
               "--size", s.settings.profile_size, "--frames", str(s.settings.profile_frames)]
     s.bench("profile", "bf16", common)
     best = fastest_recipe(s.doc)
-    if best:
-        s.bench("profile", best["label"], [*common, "--recipe", best["label"]])
+    if best:  # with the statistics its recipes-section run had (a calibrated recipe may be the fastest)
+        calibration = ["--calibration", "synthetic"] if "--calibration" in best.get("args", []) else []
+        s.bench("profile", best["label"], [*common, "--recipe", best["label"], *calibration])
 
 
 def fastest_recipe(doc: dict) -> dict | None:
