@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,3 +42,15 @@ def random_lr(frames: int = 25, height: int = 128, width: int = 128, seed: int =
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 3, frames, height // 8, width // 8, generator=g) * 2 - 1
     return torch.nn.functional.interpolate(x, size=(frames, height, width), mode="trilinear").clamp(-1, 1)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One intra-op torch thread inside the block: on two shared cores, OpenMP spin-waiting makes two threads
+    several times slower than one under load (and a batch worker runs with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

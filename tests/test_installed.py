@@ -39,3 +39,15 @@ def test_every_package_folder_is_a_package():
     folders = {p.parent for p in package.rglob("*.py")}
     missing = sorted(str(f.relative_to(package)) for f in folders if not (f / "__init__.py").is_file())
     assert not missing, missing
+
+
+def test_shipped_files_by_bare_name(tmp_path, monkeypatch):
+    from flashvsr_q.shipped import by_name
+
+    assert by_name("builtin", calibration_dir()) == calibration_dir() / "builtin.yaml"
+    assert by_name("train-small", recipes_dir()) == recipes_dir() / "train-small.yaml"
+    assert by_name("my.yaml", recipes_dir()) == Path("my.yaml")  # a path stays a path, existing or not
+    assert by_name("no-such", recipes_dir()) == Path("no-such")  # the caller says it is missing
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "builtin").write_text("mine")
+    assert by_name("builtin", calibration_dir()) == Path("builtin")  # a file of that name here wins

@@ -49,7 +49,7 @@ from flashvsr_q.quant.observers import INT8_MAX, LayerObserver, make_observer
 from flashvsr_q.quant.recipes import resolve_plan
 from flashvsr_q.quant.smoothquant import alpha_for, smoothing_factors
 from flashvsr_q.quant.stats import CalibrationStats, LayerCalibration
-from flashvsr_q.shipped import calibration_dir
+from flashvsr_q.shipped import by_name, calibration_dir
 
 log = logging.getLogger(__name__)
 
@@ -424,10 +424,7 @@ def load_calibration_set(path: str | os.PathLike) -> dict:
     """
     import yaml
 
-    path = Path(path)
-    shipped = calibration_dir() / f"{path}.yaml"
-    if not path.exists() and path.parent == Path(".") and not path.suffix and shipped.is_file():
-        path = shipped
+    path = by_name(path, calibration_dir())
     if not path.is_file():
         raise FlashVSRError(f"calibration set {path} does not exist")
     try:

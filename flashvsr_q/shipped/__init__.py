@@ -7,6 +7,7 @@ the same way, through ``importlib.resources``, wherever the command runs from.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def folder(name: str) -> Path:
         return root / _CHECKOUT[name]
     raise FlashVSRError(f"flashvsr-q is installed without its data ({name}); reinstall it from a wheel or the "
                         "repository")
+
+
+def by_name(name_or_path: str | os.PathLike, folder: Path) -> Path:
+    """``name_or_path`` as given, or the shipped ``folder/NAME.yaml`` when it is a bare name (no folder, no suffix)
+    that names no file here but a shipped one (``--recipe train-small``, ``--set builtin``)."""
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path(".") or path.suffix:
+        return path
+    shipped = folder / f"{path}.yaml"
+    return shipped if shipped.is_file() else path
 
 
 def recipes_dir() -> Path:

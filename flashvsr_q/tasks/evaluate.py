@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashvsr_q.eval.datasets import load_dataset, parse_crop
+from flashvsr_q.eval.report import Report, is_number
 from flashvsr_q.eval.runner import (
     BICUBIC,
     DEFAULT_METRICS,
@@ -108,13 +109,7 @@ def evaluate(options: EvaluateOptions, log: Callable[[str], None] = _stderr) -> 
 
 
 def means(results: EvalResults) -> dict[str, dict[str, float]]:
-    """``{config: {metric: mean over clips}}`` of the numeric results (what ``flashvsr-q eval --json`` prints)."""
-    out = {}
-    for config, clips in results.results.items():
-        values: dict[str, list[float]] = {}
-        for metrics in clips.values():
-            for metric, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    values.setdefault(metric, []).append(float(value))
-        out[config] = {metric: sum(v) / len(v) for metric, v in values.items()}
-    return out
+    """``{config: {metric: mean over clips}}`` of the numeric results (what ``flashvsr-q eval --json`` prints): the
+    report's own means, without the notes it shows for skipped metrics."""
+    report = Report(results.results, results.reference, results.skipped_metrics)
+    return {config: {m: v for m, v in values.items() if is_number(v)} for config, values in report.means.items()}

@@ -14,7 +14,7 @@ import torch
 
 from flashvsr_q.errors import FlashVSRError
 from flashvsr_q.files import write_json, write_text
-from flashvsr_q.shipped import recipes_dir
+from flashvsr_q.shipped import by_name, recipes_dir
 from flashvsr_q.train.qat.system import QATResult, compare_ptq_qat, load_qat_recipe, run_qat
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, None: None}
@@ -58,10 +58,7 @@ def qat(options: QATOptions) -> QATOutcome:
     Returns the outcome; on a non-zero rank of a multi-process run ``run.model_dir`` is None (rank 0 exports).
     """
     o = options
-    path = Path(o.recipe)
-    if not path.exists() and path.parent == Path(".") and not path.suffix:
-        path = recipes_dir() / f"{o.recipe}.yaml"  # a shipped recipe by name
-    recipe = load_qat_recipe(path)
+    recipe = load_qat_recipe(by_name(o.recipe, recipes_dir()))
     if o.dtype not in DTYPES:
         raise FlashVSRError(f"--dtype must be bf16 or fp32, got {o.dtype!r}")
     devices = o.devices if o.devices == "auto" else int(o.devices)

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from flashvsr_q.checkpoints import CalibrationLike, RecipeLike, checkpoint_kind, default_checkpoint
 from flashvsr_q.errors import CheckpointError, FlashVSRError
 from flashvsr_q.files import is_owned
-from flashvsr_q.infer.checks import resolve_device
+from flashvsr_q.infer.checks import DTYPES, resolve_device
 from flashvsr_q.model import OFFICIAL_FILES, FlashVSR, infer_config, load_official
 from flashvsr_q.quant import (
     CalibrationStats,
@@ -37,8 +37,6 @@ from flashvsr_q.quant import (
 from flashvsr_q.quant.checkpoint import read_manifest
 from flashvsr_q.quant.export import export_fp8_official
 from flashvsr_q.tasks.outputs import RunLock, check_output
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass

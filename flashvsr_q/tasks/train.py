@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashvsr_q.shipped import recipes_dir
+from flashvsr_q.shipped import by_name, recipes_dir
 from flashvsr_q.train.recipe import load_recipe
 from flashvsr_q.train.run import TrainResult
 from flashvsr_q.train.run import train as run_training
@@ -30,8 +30,6 @@ class TrainOptions:
 
 def train(options: TrainOptions) -> TrainResult:
     """Train into ``options.output`` (Lightning checkpoints, logs, ``model/`` in the official layout)."""
-    path = Path(options.recipe)
-    if not path.exists() and path.parent == Path(".") and not path.suffix:
-        path = recipes_dir() / f"{options.recipe}.yaml"  # a shipped recipe by name
-    return run_training(load_recipe(path), options.output, resume=options.resume, max_minutes=options.max_minutes,
+    recipe = load_recipe(by_name(options.recipe, recipes_dir()))
+    return run_training(recipe, options.output, resume=options.resume, max_minutes=options.max_minutes,
                         progress=options.progress)

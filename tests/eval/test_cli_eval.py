@@ -54,6 +54,18 @@ def test_eval_command_writes_the_report_and_updates_the_doc(reds, checkpoint, tm
     assert "| bicubic |" not in (out / "table.md").read_text()
 
 
+def test_eval_json_prints_the_report_means_and_files(reds, checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "--dataset", str(reds), "--checkpoint", str(checkpoint), "--dtype", "fp32", "--metrics",
+                 "psnr,tdiff", "--device", "cpu", "--quiet", "--json", "-o", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    table = (out / "table.md").read_text()
+    assert set(printed["means"]) == {"bicubic", "tiny fp32"} and set(printed["files"]) >= {"report", "json"}
+    for config, values in printed["means"].items():
+        assert set(values) == {"psnr", "tdiff"} and all(isinstance(v, float) for v in values.values())
+        assert f"{values['psnr']:.2f}" in table  # the same means as the report
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--config", "x:foo=1"], "expected NAME:key=value"),
     (["--recipe", "no-such-recipe"], "no recipe 'no-such-recipe'"),

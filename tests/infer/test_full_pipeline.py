@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import one_torch_thread
 from infer.upscale_support import fast_model, make_clip, random_frames
 from PIL import Image
 
@@ -45,10 +46,8 @@ SMALL_VAE = WAN_VAE_PRESETS["small"]
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One thread: on two shared cores, OpenMP spin-waiting makes two threads several times slower under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def small_vae(state: dict[str, torch.Tensor] | None = None) -> WanVAEDecoder:

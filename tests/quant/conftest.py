@@ -4,12 +4,10 @@ slower than one under load."""
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-import torch
+from helpers import one_torch_thread
 from infer.upscale_support import checkpoint_dir, make_clip  # noqa: F401 (checkpoint_dir is a fixture)
 
 from flashvsr_q import tasks
@@ -44,15 +44,11 @@ def clips(tmp_path_factory, checkpoint_dir):  # noqa: F811
     """The clips and what `flashvsr-q upscale` makes of each (one torch thread, as each worker has)."""
     folder = tmp_path_factory.mktemp("clips")
     refs = tmp_path_factory.mktemp("refs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for name, (frames, size, audio) in CLIPS.items():
             make_clip(folder / name, frames=frames, size=size, audio=audio)
             assert main(["upscale", str(folder / name), "-o", str(refs / name), "--checkpoint", str(checkpoint_dir),
                          *FLAGS, "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return folder, refs
 
 
