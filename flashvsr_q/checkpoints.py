@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from flashvsr_q.errors import CheckpointError, FlashVSRError
+from flashvsr_q.infer.checks import resolve_dtype
 from flashvsr_q.model import (
     OFFICIAL_FILES,
     PIPELINES,
@@ -313,7 +314,7 @@ def load_checkpoint(
     kind = checkpoint_kind(path)
     if dtype is None:
         dtype = (getattr(torch, read_manifest(path)["compute_dtype"]) if kind == "compressed"
-                 else torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+                 else resolve_dtype(None, torch.device(device)))
     recipe, calibration = read_recipe_and_calibration(recipe, calibration)
     vae = load_vae(path, dtype=dtype, device=device) if pipeline == "full" else None  # small: checked first
     recipe, vae_recipe = split_recipe(recipe) if recipe is not None else (None, None)
